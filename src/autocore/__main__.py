@@ -1,0 +1,5 @@
+"""Allow ``python -m autocore``."""
+
+from autocore.cli import main
+
+raise SystemExit(main())
