@@ -1,0 +1,140 @@
+"""Command line: ``autocore run | demo | check-config | info``; the only caller of the event loop runner.
+
+Configuration errors print one line naming the key and exit with code 2, so a
+systemd journal shows the cause at a glance, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import platform
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from autocore import __version__
+from autocore.config import KEYS, Settings
+from autocore.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def run_loop(coro: Coroutine[Any, Any, int]) -> int:
+    """Run ``coro`` on uvloop when it is installed, else on the stdlib loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def setup_logging(settings: Settings) -> None:
+    """Log to stderr (the journal) and, when set, to LOG_FILE as well."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if settings.log_file:
+        try:
+            from pathlib import Path
+
+            Path(settings.log_file).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(settings.log_file))
+        except OSError as exc:
+            print(f"autocore: cannot write LOG_FILE {settings.log_file}: {exc}", file=sys.stderr)
+    logging.basicConfig(level=settings.log_level_number, format=LOG_FORMAT, handlers=handlers,
+                        force=True)
+
+
+def load_settings(env_file: str | None, **overrides: Any) -> Settings:
+    return Settings.from_env(env_file=env_file or ".env", **overrides)
+
+
+def implementation_report() -> list[tuple[str, str]]:
+    """(component, what is in use) rows for ``info`` and the demo."""
+    from autocore import _fast
+
+    rows = [(f"hot path: {stem}", build) for stem, build in _fast.IMPLEMENTATIONS.items()]
+    for module, label in (("simdjson", "pysimdjson"), ("uvloop", "uvloop")):
+        try:
+            imported = __import__(module)
+            rows.append((label, getattr(imported, "__version__", "installed")))
+        except ImportError:
+            rows.append((label, "not installed"))
+    return rows
+
+
+def cmd_info(_args: argparse.Namespace) -> int:
+    print(f"autocore {__version__}")
+    print(f"python   {platform.python_implementation()} {platform.python_version()} ({platform.machine()})")
+    for name, value in implementation_report():
+        print(f"{name:<20} {value}")
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.env_file)
+    width = max(len(k.env) for k in KEYS)
+    for env, shown, help_text in settings.redacted():
+        print(f"{env:<{width}}  {shown:<28}  {help_text}")
+    print("configuration OK")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.env_file)
+    setup_logging(settings)
+    from autocore.gateway import Gateway
+
+    logging.getLogger("autocore").info(
+        "autocore %s starting (%s)", __version__,
+        ", ".join(f"{k}={v}" for k, v in implementation_report()),
+    )
+    return run_loop(Gateway(settings).run())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from autocore.demo import run_demo
+
+    return run_demo(duration_s=args.duration, devices=args.devices, env_file=args.env_file,
+                    workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autocore", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version",
+                        version=f"autocore {__version__} (python {platform.python_version()})")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--env-file", default=".env", help="dotenv file (default: ./.env)")
+        command.set_defaults(func=func)
+        return command
+
+    add("run", cmd_run, "run the gateway (drop-in for the original AutoCore gateway)")
+    demo = add("demo", cmd_demo, "simulate ESP32 devices against a gateway on embedded defaults")
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds of simulated traffic")
+    demo.add_argument("--devices", type=int, default=3, help="simulated telemetry devices")
+    demo.add_argument("--workdir", default=None, help="where the demo database goes (default: temp dir)")
+    add("check-config", cmd_check_config, "validate the configuration and print it (secrets masked)")
+    add("info", cmd_info, "show version, Python, and which builds and accelerators are active")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"autocore: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""SQLAlchemy Core tables of the shared AutoCore database that the gateway touches.
+
+The Config App owns the shared schema. These definitions mirror the installed
+one column for column, so autocore can read and write it, and can create a
+table that is missing (a fresh database) without ever altering one that exists.
+``gateway_commands`` is autocore's own additive table.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+    UniqueConstraint, inspect,
+)
+from sqlalchemy.engine import Connection, Engine
+
+metadata = MetaData()
+
+devices = Table(
+    "devices", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("uuid", String(36), nullable=False, unique=True),
+    Column("name", String(100), nullable=False),
+    Column("type", String(50), nullable=False),
+    Column("mac_address", String(17), unique=True),
+    Column("ip_address", String(15)),
+    Column("firmware_version", String(20)),
+    Column("hardware_version", String(20)),
+    Column("status", String(20), nullable=False),
+    Column("last_seen", DateTime),
+    Column("configuration_json", Text),
+    Column("capabilities_json", Text),
+    Column("is_active", Boolean),
+    Column("created_at", DateTime),
+    Column("updated_at", DateTime),
+    Index("idx_devices_type", "type"),
+    Index("idx_devices_status", "status"),
+    Index("idx_devices_uuid", "uuid"),
+)
+
+telemetry_data = Table(
+    "telemetry_data", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("timestamp", DateTime, nullable=False),
+    Column("device_id", Integer, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("data_type", String(50), nullable=False),
+    Column("data_key", String(100), nullable=False),
+    Column("data_value", Text, nullable=False),
+    Column("unit", String(20)),
+    Index("idx_telemetry_type", "data_type"),
+    Index("idx_telemetry_key", "data_key"),
+    Index("idx_telemetry_timestamp", "timestamp", "device_id"),
+)
+
+# user_id references users.id in the shared schema; the gateway never writes it,
+# and a fresh gateway-only database has no users table, so no FK is declared.
+event_logs = Table(
+    "event_logs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("timestamp", DateTime, nullable=False),
+    Column("event_type", String(50), nullable=False),
+    Column("source", String(100), nullable=False),
+    Column("target", String(100)),
+    Column("action", String(100)),
+    Column("payload", Text),
+    Column("user_id", Integer),
+    Column("ip_address", String(15)),
+    Column("status", String(20)),
+    Column("error_message", Text),
+    Index("idx_events_type", "event_type"),
+    Index("idx_events_source", "source"),
+    Index("idx_events_timestamp", "timestamp"),
+)
+
+relay_boards = Table(
+    "relay_boards", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("device_id", Integer, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("total_channels", Integer, nullable=False),
+    Column("board_model", String(50)),
+    Column("is_active", Boolean),
+    Column("created_at", DateTime),
+    Index("idx_relay_boards_device", "device_id"),
+)
+
+relay_channels = Table(
+    "relay_channels", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("board_id", Integer, ForeignKey("relay_boards.id", ondelete="CASCADE"), nullable=False),
+    Column("channel_number", Integer, nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("description", Text),
+    Column("function_type", String(20)),
+    Column("icon", String(50)),
+    Column("color", String(7)),
+    Column("protection_mode", String(20), nullable=False),
+    Column("max_activation_time", Integer),
+    Column("allow_in_macro", Boolean),
+    Column("is_active", Boolean),
+    Column("created_at", DateTime),
+    Column("updated_at", DateTime),
+    UniqueConstraint("board_id", "channel_number", name="uq_board_channel"),
+    Index("idx_relay_channels_board", "board_id"),
+)
+
+# autocore's own table: the command outbox the Config App writes into.
+gateway_commands = Table(
+    "gateway_commands", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("command_id", String(36), nullable=False, unique=True),
+    Column("device_uuid", String(36), nullable=False),
+    Column("topic", String(200)),
+    Column("command_type", String(50), nullable=False),
+    Column("payload", Text),
+    Column("qos", Integer, nullable=False, default=2),
+    Column("status", String(20), nullable=False, default="pending"),
+    Column("timeout_s", Integer, nullable=False, default=30),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", DateTime, nullable=False),
+    Column("sent_at", DateTime),
+    Column("completed_at", DateTime),
+    Column("response_payload", Text),
+    Column("error_message", Text),
+    Index("idx_gateway_commands_status", "status", "created_at"),
+)
+
+#: Tables of the shared schema the gateway reads or writes (it may create them when absent).
+SHARED_TABLES = ("devices", "telemetry_data", "event_logs", "relay_boards", "relay_channels")
+#: Tables that belong to autocore alone.
+OWN_TABLES = ("gateway_commands",)
+
+
+def local_now() -> datetime:
+    """Naive local wall-clock time: the convention of every timestamp in the shared DB."""
+    return datetime.now()
+
+
+def missing_tables(bind: Engine | Connection) -> list[str]:
+    """Names of the gateway's tables that the database does not have yet."""
+    present = set(inspect(bind).get_table_names())
+    return [name for name in (*SHARED_TABLES, *OWN_TABLES) if name not in present]
+
+
+def ensure_schema(engine: Engine) -> list[str]:
+    """Create the gateway's tables that are absent and return their names.
+
+    Existing tables are never altered: the shared schema belongs to the Config
+    App's migrations, and an installed system must be accepted unchanged.
+    """
+    with engine.begin() as conn:
+        absent = missing_tables(conn)
+        if absent:
+            metadata.create_all(conn, tables=[metadata.tables[n] for n in absent], checkfirst=True)
+    return absent

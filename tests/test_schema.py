@@ -1,0 +1,61 @@
+"""The shared database: an installed system's schema is accepted unchanged."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+
+from autocore.schema import OWN_TABLES, SHARED_TABLES, ensure_schema
+
+
+def schema_of(path: Path) -> dict[str, str]:
+    with sqlite3.connect(path) as conn:
+        return {name: sql for name, sql in conn.execute("SELECT name, sql FROM sqlite_master")}
+
+
+def test_installed_schema_is_never_altered(installed_db: Path) -> None:
+    before = schema_of(installed_db)
+    # The fixture's header says 15 tables; the file defines 14 (no alembic_version).
+    assert len([n for n in before if not n.startswith(("idx_", "sqlite_"))]) == 14
+    engine = create_engine(f"sqlite:///{installed_db}")
+    ddl: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(_conn, _cursor, statement, *_args):  # type: ignore[no-untyped-def]
+        if statement.lstrip().upper().startswith(("CREATE", "ALTER", "DROP")):
+            ddl.append(statement)
+
+    assert ensure_schema(engine) == list(OWN_TABLES)
+    assert ensure_schema(engine) == []  # idempotent
+    engine.dispose()
+    after = schema_of(installed_db)
+    for name, sql in before.items():
+        assert after[name] == sql, f"{name} changed"
+    touched = [s for s in ddl if "gateway_commands" not in s]
+    assert touched == [], touched
+
+
+def test_fresh_database_gets_every_gateway_table(tmp_path: Path) -> None:
+    path = tmp_path / "fresh.db"
+    engine = create_engine(f"sqlite:///{path}")
+    assert sorted(ensure_schema(engine)) == sorted((*SHARED_TABLES, *OWN_TABLES))
+    engine.dispose()
+    created = schema_of(path)
+    for index in ("idx_devices_uuid", "idx_telemetry_timestamp", "idx_events_timestamp"):
+        assert index in created
+
+
+def test_shared_tables_match_the_installed_columns(installed_db: Path, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh.db"
+    engine = create_engine(f"sqlite:///{fresh}")
+    ensure_schema(engine)
+    engine.dispose()
+
+    def columns(path: Path, table: str) -> list[tuple[str, str, int]]:
+        with sqlite3.connect(path) as conn:
+            return [(r[1], r[2], r[3]) for r in conn.execute(f"PRAGMA table_info({table})")]
+
+    for table in SHARED_TABLES:
+        assert columns(fresh, table) == columns(installed_db, table), table
