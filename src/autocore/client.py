@@ -1,0 +1,320 @@
+"""paho-mqtt driven from the asyncio event loop; transport only, no business logic.
+
+paho's socket callbacks hand the socket to the loop (``add_reader`` /
+``add_writer``) and a small task drives ``loop_misc``, so incoming messages are
+delivered on the loop thread with no second network thread and no hop. The
+blocking ``connect`` runs in an executor. Reconnects use capped exponential
+backoff with jitter, and every (re)connect resubscribes and runs ``on_connected``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from autocore.config import Settings
+from autocore.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+#: Period of paho's housekeeping (keepalive pings, retries).
+MISC_INTERVAL_S = 1.0
+#: Reconnect backoff: first wait, cap, and jitter fraction.
+RECONNECT_MIN_S = 0.5
+RECONNECT_MAX_S = 30.0
+RECONNECT_JITTER = 0.25
+#: Messages paho may hold while the broker is away.
+MAX_QUEUED_MESSAGES = 10_000
+
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+
+class MqttClient:
+    """One paho client bound to the running event loop.
+
+    ``subscriptions`` are (filter, qos) pairs subscribed on every connect.
+    ``on_message`` runs on the loop thread for each message; it must not block.
+    ``on_connected`` runs after every successful (re)connect.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        subscriptions: Sequence[tuple[str, int]],
+        on_message: MessageHandler,
+        client_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.subscriptions = list(subscriptions)
+        self.on_message = on_message
+        self.on_connected: Callable[[], None] | None = None
+        self.connected = asyncio.Event()
+        self.subscribed = asyncio.Event()
+        self.reconnects = 0
+        self.disconnected_seconds = 0.0
+        self._disconnected_since: float | None = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._misc_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._ever_connected = False
+        self._pending_subscribe_mids: set[int] = set()
+        self._last_refusal: str | None = None
+
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=client_id or settings.gateway_uuid,
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        self.client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
+        if settings.credentials is not None:
+            self.client.username_pw_set(*settings.credentials)
+        if settings.tls_enabled:
+            self.client.tls_set(
+                ca_certs=settings.tls_ca_file,
+                certfile=settings.tls_cert_file,
+                keyfile=settings.tls_key_file,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            self.client.tls_insecure_set(settings.tls_insecure)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_socket_open = self._on_socket_open
+        self.client.on_socket_close = self._on_socket_close
+        self.client.on_socket_register_write = self._on_socket_register_write
+        self.client.on_socket_unregister_write = self._on_socket_unregister_write
+
+    # -- public API ----------------------------------------------------------
+
+    def will_set(self, topic: str, payload: bytes, qos: int = 1, retain: bool = True) -> None:
+        """Register the last will; must be called before :meth:`connect`."""
+        self.client.will_set(topic, payload, qos=qos, retain=retain)
+
+    async def connect(self, timeout_s: float) -> None:
+        """Connect once and wait for CONNACK; raise BrokerError when it does not come."""
+        self._misc_task = self._loop.create_task(self._misc_loop(), name="autocore-mqtt-misc")
+        try:
+            await self._loop.run_in_executor(None, self._connect_blocking)
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"cannot reach broker {self._where()}: {exc}") from exc
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            reason = f": {self._last_refusal}" if self._last_refusal else ""
+            raise BrokerError(f"no CONNACK from broker {self._where()} in {timeout_s:g} s{reason}") from None
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Queue a publish; paho sends it as soon as the socket is writable."""
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    async def wait_published(self, info: mqtt.MQTTMessageInfo, timeout_s: float) -> bool:
+        """Wait (without blocking the loop) until ``info`` is acknowledged."""
+        deadline = time.monotonic() + timeout_s
+        while not info.is_published():
+            if time.monotonic() >= deadline or info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def unsubscribe_all(self, timeout_s: float) -> bool:
+        """Stop the broker sending more; True once it acknowledged (messages before it still arrive)."""
+        if not self.client.is_connected() or not self.subscriptions:
+            return False
+        done = asyncio.Event()
+        self.client.on_unsubscribe = lambda *_args: done.set()
+        result, _mid = self.client.unsubscribe([topic for topic, _qos in self.subscriptions])
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        try:
+            await asyncio.wait_for(done.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Disconnect cleanly and stop every task and socket watcher."""
+        self._closing = True
+        if self._reconnect_task is not None:
+            self._reconnect_task.cancel()
+        if self.client.is_connected():
+            self.client.disconnect()
+            await asyncio.sleep(0)  # let the DISCONNECT packet leave
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+            try:
+                await self._misc_task
+            except asyncio.CancelledError:
+                pass
+        sock = self.client.socket()
+        if sock is not None:
+            self._forget_socket(sock)
+
+    @property
+    def is_connected(self) -> bool:
+        return self.client.is_connected()
+
+    def disconnected_for(self) -> float:
+        """Seconds disconnected in total, including the current outage."""
+        current = 0.0 if self._disconnected_since is None else time.monotonic() - self._disconnected_since
+        return self.disconnected_seconds + current
+
+    # -- blocking helpers (executor only) -------------------------------------
+
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)
+        props.ReceiveMaximum = self.settings.max_concurrent_messages
+        return props
+
+    def _connect_blocking(self) -> None:
+        self.client.connect(
+            self.settings.mqtt_broker,
+            self.settings.mqtt_port,
+            keepalive=self.settings.mqtt_keepalive_s,
+            properties=self._connect_properties(),
+        )
+
+    def _reconnect_blocking(self) -> None:
+        self.client.reconnect()
+
+    def _where(self) -> str:
+        return f"{self.settings.mqtt_broker}:{self.settings.mqtt_port}"
+
+    # -- socket callbacks: hand the socket to the loop (may run on the executor) --
+
+    def _threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        self._threadsafe(self._loop.add_reader, sock, self._read)
+
+    def _on_socket_close(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        self._threadsafe(self._forget_socket, sock)
+
+    def _on_socket_register_write(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        self._threadsafe(self._loop.add_writer, sock, self._write)
+
+    def _on_socket_unregister_write(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        self._threadsafe(self._loop.remove_writer, sock)
+
+    def _forget_socket(self, sock: Any) -> None:
+        try:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        except (ValueError, OSError):  # socket already closed
+            pass
+
+    def _read(self) -> None:
+        self.client.loop_read()
+
+    def _write(self) -> None:
+        self.client.loop_write()
+
+    async def _misc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(MISC_INTERVAL_S)
+            self.client.loop_misc()
+
+    # -- protocol callbacks (loop thread) ----------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
+                    _properties: Any) -> None:
+        if reason_code.is_failure:
+            self._last_refusal = str(reason_code)
+            log.error("broker %s refused the connection: %s", self._where(), reason_code)
+            return
+        if self._disconnected_since is not None:
+            self.disconnected_seconds += time.monotonic() - self._disconnected_since
+            self._disconnected_since = None
+        if self._ever_connected:
+            self.reconnects += 1
+            log.info("reconnected to broker %s", self._where())
+        else:
+            log.info("connected to broker %s", self._where())
+        self._ever_connected = True
+        self._last_refusal = None
+        self.subscribed.clear()
+        if self.subscriptions:
+            result, mid = client.subscribe(self.subscriptions)
+            if result == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._pending_subscribe_mids = {mid}
+        else:
+            self.subscribed.set()
+        self.connected.set()
+        if self.on_connected is not None:
+            self.on_connected()
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, mid: int, reason_codes: Any,
+                      _properties: Any) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:
+            log.error("broker refused subscriptions: %s", ", ".join(refused))
+        self._pending_subscribe_mids.discard(mid)
+        if not self._pending_subscribe_mids:
+            self.subscribed.set()
+
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any,
+                       _properties: Any) -> None:
+        was_connected = self.connected.is_set()
+        self.connected.clear()
+        self.subscribed.clear()
+        if self._disconnected_since is None:
+            self._disconnected_since = time.monotonic()
+        if self._closing:
+            return
+        if was_connected:
+            log.warning("lost broker %s: %s", self._where(), reason_code)
+        self._schedule_reconnect()
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.on_message(message)
+
+    # -- reconnect --------------------------------------------------------------
+
+    def _schedule_reconnect(self) -> None:
+        def start() -> None:
+            if self._closing or (self._reconnect_task is not None and not self._reconnect_task.done()):
+                return
+            self._reconnect_task = self._loop.create_task(self._reconnect_loop(),
+                                                          name="autocore-mqtt-reconnect")
+
+        self._threadsafe(start)
+
+    async def _reconnect_loop(self) -> None:
+        delay = RECONNECT_MIN_S
+        attempt = 0
+        while not self._closing and not self.client.is_connected():
+            attempt += 1
+            wait = delay * (1 + random.uniform(-RECONNECT_JITTER, RECONNECT_JITTER))
+            await asyncio.sleep(wait)
+            try:
+                await self._loop.run_in_executor(None, self._reconnect_blocking)
+            except (OSError, ssl.SSLError, mqtt.WebsocketConnectionError) as exc:
+                if attempt == 1 or attempt % 10 == 0:  # do not flood the log
+                    log.warning("reconnect to %s failed (attempt %d): %s", self._where(), attempt, exc)
+            else:
+                try:
+                    await asyncio.wait_for(self.connected.wait(), self.settings.connect_timeout_s)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+            delay = min(delay * 2, RECONNECT_MAX_S)

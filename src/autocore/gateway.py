@@ -1,0 +1,198 @@
+"""The gateway process: wires settings, database thread, registry, pipeline and MQTT client.
+
+Start-up order: database (schema check, gateway row, device cache) -> MQTT
+connect -> intake. Shutdown order: stop intake -> flush telemetry -> publish
+``offline`` and wait for its acknowledgement -> disconnect cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from autocore import __version__, status, topics
+from autocore.client import MqttClient
+from autocore.config import Settings
+from autocore.envelope import utc_timestamp
+from autocore.errors import BrokerError, StorageError
+from autocore.events import write_event
+from autocore.metrics import Metrics
+from autocore.pipeline import Pipeline
+from autocore.registry import Registry, mark_gateway_offline, register_gateway
+from autocore.reports import ErrorReporter
+from autocore.ringbuffer import Ring
+from autocore.schema import ensure_schema
+from autocore.storage import Database, TelemetryItem, open_engine
+
+log = logging.getLogger(__name__)
+
+#: Period of the housekeeping tick (last_seen flush, heartbeat due check).
+TICK_S = 1.0
+#: Longest wait for the broker to confirm the unsubscribe at shutdown.
+UNSUBSCRIBE_TIMEOUT_S = 2.0
+#: Longest wait for the broker to acknowledge the offline status at shutdown.
+OFFLINE_ACK_TIMEOUT_S = 3.0
+#: Longest wait for queued telemetry to reach the database at shutdown.
+FLUSH_TIMEOUT_S = 10.0
+
+
+class Gateway:
+    """One running gateway; ``await run()`` returns the process exit code."""
+
+    def __init__(self, settings: Settings,
+                 on_committed: Callable[[list[TelemetryItem]], None] | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.stop_requested = asyncio.Event()
+        self.started_monotonic = time.monotonic()
+        self._on_committed = on_committed
+        self.db: Database | None = None
+        self.client: MqttClient | None = None
+        self.registry: Registry | None = None
+        self.pipeline: Pipeline | None = None
+        self.ready = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    async def run(self, install_signal_handlers: bool = True) -> int:
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self._start_database()
+        except (StorageError, OSError) as exc:
+            log.error("cannot open the database: %s", exc)
+            return 1
+        try:
+            await self._start_mqtt()
+        except BrokerError as exc:
+            log.error("%s", exc)
+            await self._stop_database()
+            return 1
+        self.ready.set()
+        log.info("gateway %s running (device timeout %gs, batch %d rows / %gs)",
+                 self.settings.gateway_uuid, self.settings.device_timeout_s,
+                 self.settings.telemetry_batch_size, self.settings.telemetry_flush_interval_s)
+        tick = loop.create_task(self._housekeeping(), name="autocore-housekeeping")
+        await self.stop_requested.wait()
+        tick.cancel()
+        await self._shutdown()
+        return 0
+
+    # -- start-up --------------------------------------------------------------------
+
+    async def _start_database(self) -> None:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        engine = open_engine(settings)
+        created = await loop.run_in_executor(None, ensure_schema, engine)
+        if created:
+            log.info("created missing tables: %s", ", ".join(created))
+        ring = Ring(settings.ring_capacity, "drop_oldest")
+        self.db = Database(engine, ring, settings.telemetry_batch_size,
+                           settings.telemetry_flush_interval_s)
+        self.db.on_committed = self._on_committed
+        self.db.start()
+        await self.db.call(register_gateway, settings.gateway_uuid, __version__)
+        self.db.post(write_event, "system", "gateway", "startup", {"timestamp": utc_timestamp()})
+        self.registry = Registry(self.db, settings.device_cache_size, settings.device_timeout_s,
+                                 settings.gateway_uuid)
+        await self.registry.load()
+
+    async def _start_mqtt(self) -> None:
+        settings = self.settings
+        assert self.db is not None and self.registry is not None
+        self.client = MqttClient(settings, topics.SUBSCRIPTIONS, self._on_message)
+        reporter = ErrorReporter(settings.gateway_uuid, self._publish)
+        self.reporter = reporter
+        self.pipeline = Pipeline(settings, self.db, self.registry, self.metrics, reporter, self._publish)
+        self.client.will_set(topics.status_topic(settings.gateway_uuid),
+                             status.last_will(settings.gateway_uuid, utc_timestamp()))
+        self.client.on_connected = self._on_connected
+        self.meter = status.ResourceMeter()
+        await self.client.connect(settings.connect_timeout_s)
+
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
+        assert self.client is not None
+        info = self.client.publish(topic, payload, qos, retain)
+        if info.rc == mqtt.MQTT_ERR_SUCCESS and topic.startswith("autocore/errors/"):
+            self.metrics.errors_published += 1
+        return info
+
+    def _on_connected(self) -> None:
+        uuid = self.settings.gateway_uuid
+        self._publish(topics.status_topic(uuid),
+                      status.online(uuid, self.uptime(), self.metrics.received), status.STATUS_QOS, True)
+        self._next_heartbeat = 0.0  # heartbeat right after (re)connect
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        assert self.pipeline is not None
+        try:
+            name: str | bytes = message.topic
+        except UnicodeDecodeError:
+            name = bytes(getattr(message, "_topic", b""))
+        self.pipeline.handle(name, message.payload, message.retain)
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_monotonic
+
+    # -- running ---------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        assert self.registry is not None and self.client is not None
+        self._next_heartbeat = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= self._next_heartbeat:
+                self._next_heartbeat = now + self.settings.heartbeat_interval_s
+                self.registry.sweep()
+                if self.client.is_connected:
+                    self._heartbeat()
+            else:
+                self.registry.flush_last_seen()
+            await asyncio.sleep(min(TICK_S, self.settings.heartbeat_interval_s))
+
+    def _heartbeat(self) -> None:
+        assert self.registry is not None
+        uuid = self.settings.gateway_uuid
+        payload = status.heartbeat(uuid, self.uptime(), self.registry.online_count(), self.meter.read())
+        self._publish(topics.status_topic(uuid), payload, status.STATUS_QOS, True)
+
+    # -- shutdown --------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        assert self.pipeline is not None and self.client is not None and self.registry is not None
+        log.info("stopping: flushing telemetry and publishing offline status")
+        # Messages the broker sent before the UNSUBACK are still processed, none after.
+        await self.client.unsubscribe_all(UNSUBSCRIBE_TIMEOUT_S)
+        self.pipeline.accepting = False
+        await self.pipeline.drain_tasks(2.0)
+        self.registry.flush_last_seen(force=True)
+        uuid = self.settings.gateway_uuid
+        if self.client.is_connected:
+            info = self._publish(topics.status_topic(uuid), status.shutdown(uuid), status.STATUS_QOS, True)
+            if not await self.client.wait_published(info, OFFLINE_ACK_TIMEOUT_S):
+                log.warning("broker did not acknowledge the offline status in time")
+        await self._stop_database()
+        await self.client.close()
+        log.info("stopped")
+
+    async def _stop_database(self) -> None:
+        if self.db is None:
+            return
+        uuid = self.settings.gateway_uuid
+        self.db.post(mark_gateway_offline, uuid)
+        self.db.post(write_event, "system", "gateway", "shutdown", {"timestamp": utc_timestamp()})
+        loop = asyncio.get_running_loop()
+        flushed = await loop.run_in_executor(None, self.db.stop, FLUSH_TIMEOUT_S)
+        if not flushed:
+            log.error("database writer did not finish flushing in %gs", FLUSH_TIMEOUT_S)
+        self.db.close()

@@ -1,0 +1,267 @@
+"""Per-message pipeline: topic parser -> rate limit -> validator -> handler, on the loop thread.
+
+Bad input never raises out of here: each reject is counted per device and
+reason, logged at most once per device and reason per minute, and reported on
+the error topic where the original reported it (throttled, see ``reports``).
+Handlers that need the database hand work to the DB thread and return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from autocore import envelope, topics
+from autocore._fast import _names as kinds
+from autocore.config import Settings
+from autocore.envelope import Message, Validator
+from autocore.events import write_event
+from autocore.metrics import Metrics
+from autocore.ratelimit import RateLimiter
+from autocore.registry import OFFLINE, Registry
+from autocore.reports import ErrorReporter
+from autocore.schema import devices, local_now
+from autocore.storage import Database, TelemetryItem
+from autocore.throttle import Throttle
+
+log = logging.getLogger(__name__)
+
+#: A given (device, reason) is logged at most once per window.
+REJECT_LOG_WINDOW_S = 60.0
+#: Relay commands are published with the original's QoS (firmware subscribes at 1).
+RELAY_SET_QOS = 1
+#: Kinds whose reject is reported with ERR_002 (a response without id is only counted).
+_SILENT_REJECT_KINDS = frozenset({kinds.RESPONSE})
+
+Publish = Callable[[str, bytes, int, bool], Any]
+
+
+class Pipeline:
+    """Routes each incoming MQTT message to its handler."""
+
+    def __init__(self, settings: Settings, db: Database, registry: Registry, metrics: Metrics,
+                 reporter: ErrorReporter, publish: Publish) -> None:
+        self.settings = settings
+        self.db = db
+        self.registry = registry
+        self.metrics = metrics
+        self.reporter = reporter
+        self.publish = publish
+        self.gateway_uuid = settings.gateway_uuid
+        self.validator = Validator(settings.max_payload_bytes)
+        self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst)
+        self._log_throttle = Throttle(REJECT_LOG_WINDOW_S)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.accepting = True
+        self._handlers: dict[str, Callable[[Message, bool], None]] = {
+            kinds.TELEMETRY: self._on_telemetry,
+            kinds.RELAY_TELEMETRY: self._on_telemetry,
+            kinds.RELAY_STATE: self._on_relay_state,
+            kinds.STATUS: self._on_status,
+            kinds.ANNOUNCE: self._on_announce,
+            kinds.DISCOVERY: self._on_discovery,
+            kinds.RELAY_COMMAND: self._on_relay_command,
+            kinds.RESPONSE: self._on_response,
+            kinds.MODE: self._on_mode,
+        }
+
+    # -- entry point -------------------------------------------------------------
+
+    def handle(self, topic_name: str | bytes, payload: bytes, retained: bool = False) -> None:
+        """Process one message; never raises."""
+        metrics = self.metrics
+        metrics.received += 1
+        if not self.accepting:
+            return
+        try:
+            if isinstance(topic_name, bytes):
+                topic_name = topic_name.decode("utf-8")
+        except UnicodeDecodeError:
+            self._reject("not_utf8_topic", "", repr(topic_name), kinds.INVALID)
+            return
+        topic = topics.parse_topic(topic_name)
+        if topic.reason:
+            self._reject(topic.reason, "", topic_name, kinds.INVALID)
+            return
+        uuid = topic.uuid
+        if uuid and not self._admit(uuid, topic_name):
+            return
+        result = self.validator.validate(topic, payload)
+        if not isinstance(result, Message):
+            self._reject(result.reason, result.uuid, topic_name, result.kind, result.path)
+            return
+        if not uuid and result.uuid and not self._admit(result.uuid, topic_name):
+            return
+        metrics.accepted += 1
+        metrics.received_by_kind[result.kind] += 1
+        if not result.version_ok and not self._is_gateway(result.uuid):
+            self._protocol_mismatch(result, topic_name)
+        handler = self._handlers.get(result.kind)
+        if handler is None:
+            log.debug("topic=%s kind=%s: no action", topic_name, result.kind)
+            return
+        try:
+            handler(result, retained)
+        except Exception:
+            metrics.handler_failures += 1
+            log.exception("handler for topic=%s failed", topic_name)
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    def _admit(self, uuid: str, topic_name: str) -> bool:
+        if self.limiter.allow(uuid):
+            return True
+        self.metrics.limited(uuid)
+        self.reporter.report("ERR_005", "Rate limit exceeded", uuid, topic=topic_name,
+                             limit_per_s=self.settings.rate_limit_per_s)
+        if self._log_throttle.allow((uuid, "rate_limited")):
+            log.warning("device=%s topic=%s rate limited (%g msg/s)", uuid, topic_name,
+                        self.settings.rate_limit_per_s)
+        return False
+
+    def _reject(self, reason: str, uuid: str, topic_name: str, kind: str, path: str = "$") -> None:
+        self.metrics.reject(reason, uuid)
+        if self._log_throttle.allow((uuid, reason)):
+            log.warning("device=%s topic=%s rejected: %s at %s", uuid or "-", topic_name, reason, path)
+        if kind != kinds.INVALID and kind not in _SILENT_REJECT_KINDS:
+            self.reporter.report("ERR_002", f"Invalid payload: {reason}", uuid or None,
+                                 topic=topic_name, reason=reason, path=path)
+
+    def _protocol_mismatch(self, message: Message, topic_name: str) -> None:
+        received = message.version if message.version is not None else "unknown"
+        self.reporter.report(
+            "ERR_008", f"Protocol mismatch: received {received}, expected {envelope.PROTOCOL_VERSION}",
+            message.uuid or None, topic=topic_name, received_version=received,
+            expected_version=envelope.PROTOCOL_VERSION,
+        )
+
+    def _is_gateway(self, uuid: str) -> bool:
+        return self.registry.is_gateway(uuid)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.metrics.handler_failures += 1
+            log.error("background handler failed: %r", task.exception())
+
+    async def drain_tasks(self, timeout_s: float) -> None:
+        """Wait for handlers still waiting on the database (used at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+
+    # -- handlers --------------------------------------------------------------------
+
+    def _on_telemetry(self, message: Message, retained: bool) -> None:
+        device = self.registry.get(message.uuid)
+        rows = message.rows
+        if rows:
+            item = TelemetryItem(device.id if device else None, message.uuid, local_now(), rows)
+            if self.db.push_telemetry(item):
+                self.metrics.telemetry_messages += 1
+                self.metrics.telemetry_rows += len(rows)
+            else:
+                self.metrics.telemetry_dropped += 1
+        if device is not None:
+            self.registry.seen(device, touch=not retained)
+        elif not self.registry.known_unknown(message.uuid):
+            self._spawn(self._seen_later(message.uuid, retained))
+
+    async def _seen_later(self, uuid: str, retained: bool) -> None:
+        device = await self.registry.resolve(uuid)
+        if device is not None:
+            self.registry.seen(device, touch=not retained)
+
+    def _on_relay_state(self, message: Message, retained: bool) -> None:
+        self._on_telemetry(message, retained)
+
+    def _on_status(self, message: Message, retained: bool) -> None:
+        if self._is_gateway(message.uuid):
+            return
+        self._spawn(self._status(message, retained))
+
+    async def _status(self, message: Message, retained: bool) -> None:
+        device = await self.registry.resolve(message.uuid)
+        if device is None:
+            self.metrics.reject("unknown_device", message.uuid)
+            if self._log_throttle.allow((message.uuid, "unknown_device")):
+                log.warning("device=%s status from a device not in the database; ignored", message.uuid)
+            return
+        data = message.data or {}
+        if data.get("status") == OFFLINE:
+            self.registry.set_status(device, OFFLINE, str(data.get("reason") or "offline"))
+        else:
+            self.registry.seen(device, touch=not retained)
+
+    def _on_announce(self, message: Message, retained: bool) -> None:
+        self._spawn(self.registry.announce(message.uuid, message.data or {}))
+
+    def _on_discovery(self, message: Message, retained: bool) -> None:
+        device_uuid = (message.data or {}).get("device_uuid")
+        if not isinstance(device_uuid, str) or self.registry.get(device_uuid) is not None:
+            return
+        if self._log_throttle.allow((device_uuid, "discovery")):
+            self.db.post(write_event, "discovery", "gateway", "device_found", message.data)
+
+    def _on_response(self, message: Message, retained: bool) -> None:
+        log.debug("device=%s response to command %s", message.uuid,
+                  (message.data or {}).get("command_id"))
+
+    def _on_mode(self, message: Message, retained: bool) -> None:
+        data = message.data or {}
+        log.info("mode=%s status=%s source=%s", message.sub, data.get("status", "active"),
+                 data.get("source", "unknown"))
+
+    # -- relay commands (S8 -> relays/set) ----------------------------------------------
+
+    def _on_relay_command(self, message: Message, retained: bool) -> None:
+        if retained:  # a stale retained command must never switch a relay
+            return
+        self._spawn(self._relay_command(message))
+
+    async def _relay_command(self, message: Message) -> None:
+        data = message.data or {}
+        targets = await self._relay_targets(message.uuid)
+        if not targets:
+            self.metrics.reject("unknown_device", message.uuid)
+            self.reporter.report("ERR_001", "No relay board for command", message.uuid,
+                                 topic=topics.relay_set_topic(message.uuid))
+            return
+        command = data["command"]
+        source = data.get("source") if isinstance(data.get("source"), str) else "gateway"
+        channel = data["channel"]
+        for target in targets:
+            payload = envelope.build(
+                self.gateway_uuid, channel=channel, command=command, state=command != "off",
+                function_type="toggle" if command == "toggle" else "normal",
+                user=data.get("user") if isinstance(data.get("user"), str) else source,
+                source=source,
+            )
+            if isinstance(data.get("momentary"), bool):
+                payload["momentary"] = data["momentary"]
+            self.publish(topics.relay_set_topic(target), envelope.dumps(payload), RELAY_SET_QOS, False)
+            self.db.post(write_event, "relay_command", "gateway", "send", payload, target)
+
+    async def _relay_targets(self, uuid: str) -> list[str]:
+        """Topic device id first (D9); ``all`` means every relay board; else the first board."""
+        if uuid != "all":
+            device = await self.registry.resolve(uuid)
+            if device is not None:
+                return [uuid]
+        boards = await self.db.call(_relay_boards)
+        return boards if uuid == "all" else boards[:1]
+
+
+def _relay_boards(conn: Any) -> list[str]:
+    query = (select(devices.c.uuid)
+             .where(devices.c.type == "esp32_relay", devices.c.is_active.is_not(False))
+             .order_by(devices.c.name))
+    return [row.uuid for row in conn.execute(query)]

@@ -1,0 +1,308 @@
+"""Device registry and presence: who exists, who is online, and when each was last seen.
+
+The registry lives on the event-loop thread. Known devices sit in an LRU cache,
+so a message from a known device costs no query; a miss asks the database once
+(the device may have been registered by the Config App over HTTP) and a miss
+there is remembered for a while, so unknown uuids cannot hammer the database.
+Status changes are written once per transition (no flapping); ``last_seen`` is
+written in batches every few seconds, never once per message. Every clock used
+for timeouts is monotonic; the database gets naive local time (D11, D16).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Connection
+
+from autocore.events import write_event
+from autocore.schema import devices, local_now
+from autocore.storage import Database
+
+log = logging.getLogger(__name__)
+
+ONLINE = "online"
+OFFLINE = "offline"
+#: How often buffered last_seen times are written.
+LAST_SEEN_WRITE_S = 5.0
+#: How long a uuid missing from the database is remembered as unknown.
+UNKNOWN_TTL_S = 60.0
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+
+
+@dataclass
+class Device:
+    """What the gateway knows of one device."""
+
+    id: int
+    uuid: str
+    type: str
+    status: str
+    last_seen_monotonic: float
+    last_seen_at: datetime | None = None
+    last_seen_dirty: bool = False
+
+
+# -- database jobs (run on the DB thread) --------------------------------------
+
+
+def _row_to_device(row: Any, now_mono: float) -> Device:
+    return Device(id=row.id, uuid=row.uuid, type=row.type, status=row.status or OFFLINE,
+                  last_seen_monotonic=now_mono, last_seen_at=row.last_seen)
+
+
+def load_active(conn: Connection, limit: int) -> list[Any]:
+    query = select(devices.c.id, devices.c.uuid, devices.c.type, devices.c.status, devices.c.last_seen)
+    return list(conn.execute(query.where(devices.c.is_active.is_not(False)).limit(limit)))
+
+
+def find_active(conn: Connection, uuid: str) -> Any:
+    query = select(devices.c.id, devices.c.uuid, devices.c.type, devices.c.status, devices.c.last_seen)
+    return conn.execute(query.where(devices.c.uuid == uuid, devices.c.is_active.is_not(False))).first()
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) and value else None
+
+
+def upsert_announced(conn: Connection, uuid: str, data: dict[str, Any]) -> int | None:
+    """Create or update the device row of an announce; None if the row is soft-deleted."""
+    now = local_now()
+    device_type = data["device_type"].strip().lower()[:50] or "unknown"
+    fields: dict[str, Any] = {
+        "type": device_type,
+        "firmware_version": _text(data.get("firmware_version"), 20),
+        "capabilities_json": json.dumps(data.get("capabilities", []), ensure_ascii=False),
+        "status": ONLINE,
+        "last_seen": now,
+        "updated_at": now,
+    }
+    ip = data.get("ip_address")
+    if isinstance(ip, str) and _IPV4.match(ip):
+        fields["ip_address"] = ip
+    hardware = _text(data.get("hardware_revision") or data.get("hardware_version"), 20)
+    if hardware:
+        fields["hardware_version"] = hardware
+    mac = data.get("mac_address")
+    if isinstance(mac, str) and _MAC.match(mac):
+        owner = conn.execute(select(devices.c.uuid).where(devices.c.mac_address == mac.upper())).scalar()
+        if owner is None or owner == uuid:
+            fields["mac_address"] = mac.upper()
+        else:
+            log.warning("device=%s announces mac %s owned by %s; mac not stored", uuid, mac, owner)
+    existing = conn.execute(
+        select(devices.c.id, devices.c.is_active).where(devices.c.uuid == uuid)
+    ).first()
+    if existing is not None:
+        if existing.is_active is False or existing.is_active == 0:
+            return None
+        conn.execute(update(devices).where(devices.c.id == existing.id).values(**fields))
+        device_id = int(existing.id)
+    else:
+        result = conn.execute(insert(devices).values(
+            uuid=uuid, name=f"Device {device_type}"[:100], created_at=now, is_active=True,
+            configuration_json="{}", **fields,
+        ))
+        device_id = int(result.inserted_primary_key[0])
+    write_event(conn, "device", uuid, "announce", payload=data)
+    return device_id
+
+
+def set_status(conn: Connection, device_id: int, uuid: str, status: str,
+               seen_at: datetime | None, reason: str | None) -> None:
+    values: dict[str, Any] = {"status": status, "updated_at": local_now()}
+    if seen_at is not None:
+        values["last_seen"] = seen_at
+    conn.execute(update(devices).where(devices.c.id == device_id).values(**values))
+    payload = {"reason": reason} if reason else None
+    write_event(conn, "device", uuid, status, payload=payload)
+
+
+def write_last_seen(conn: Connection, rows: list[tuple[int, datetime]]) -> None:
+    statement = update(devices).where(devices.c.id == bindparam("b_id")).values(
+        last_seen=bindparam("b_seen"))
+    conn.execute(statement, [{"b_id": device_id, "b_seen": seen} for device_id, seen in rows])
+
+
+def register_gateway(conn: Connection, uuid: str, version: str) -> int:
+    """Create or refresh the gateway's own device row, online."""
+    now = local_now()
+    existing = conn.execute(select(devices.c.id).where(devices.c.uuid == uuid)).scalar()
+    if existing is not None:
+        conn.execute(update(devices).where(devices.c.id == existing).values(
+            status=ONLINE, last_seen=now, updated_at=now, firmware_version=version[:20]))
+        return int(existing)
+    result = conn.execute(insert(devices).values(
+        uuid=uuid, name="AutoCore Gateway", type="gateway", firmware_version=version[:20],
+        ip_address="127.0.0.1", status=ONLINE, last_seen=now, configuration_json="{}",
+        capabilities_json="[]", is_active=True, created_at=now, updated_at=now,
+    ))
+    return int(result.inserted_primary_key[0])
+
+
+def mark_gateway_offline(conn: Connection, uuid: str) -> None:
+    now = local_now()
+    conn.execute(update(devices).where(devices.c.uuid == uuid).values(
+        status=OFFLINE, last_seen=now, updated_at=now))
+
+
+# -- the registry (event-loop thread) ------------------------------------------
+
+
+class Registry:
+    """LRU cache of known devices plus presence tracking."""
+
+    def __init__(self, db: Database, cache_size: int, device_timeout_s: float,
+                 gateway_uuid: str) -> None:
+        self.db = db
+        self.gateway_uuid = gateway_uuid
+        self.cache_size = cache_size
+        self.device_timeout_s = device_timeout_s
+        self._cache: OrderedDict[str, Device] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        self._lookups: dict[str, asyncio.Future[Device | None]] = {}
+        self._last_seen_flushed = time.monotonic()
+        self.lookups_done = 0
+
+    async def load(self) -> None:
+        """Fill the cache with active devices so known devices never cost a query."""
+        now = time.monotonic()
+        for row in await self.db.call(load_active, self.cache_size):
+            if not self.is_gateway(row.uuid):
+                self._remember(_row_to_device(row, now))
+
+    def is_gateway(self, uuid: str) -> bool:
+        """The gateway itself (and peers named ``gateway-*``) are not tracked as devices (D17)."""
+        return uuid == self.gateway_uuid or uuid.startswith("gateway-")
+
+    def _remember(self, device: Device) -> Device:
+        self._cache[device.uuid] = device
+        self._cache.move_to_end(device.uuid)
+        self._unknown.pop(device.uuid, None)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return device
+
+    def get(self, uuid: str) -> Device | None:
+        device = self._cache.get(uuid)
+        if device is not None:
+            self._cache.move_to_end(uuid)
+        return device
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def known_unknown(self, uuid: str) -> bool:
+        """True when ``uuid`` was recently looked up and not found."""
+        expiry = self._unknown.get(uuid)
+        if expiry is None:
+            return False
+        if expiry < time.monotonic():
+            del self._unknown[uuid]
+            return False
+        return True
+
+    async def resolve(self, uuid: str) -> Device | None:
+        """Cached device, else one (shared) database lookup; None when unknown."""
+        device = self.get(uuid)
+        if device is not None or self.known_unknown(uuid):
+            return device
+        pending = self._lookups.get(uuid)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(uuid))
+            self._lookups[uuid] = pending
+        return await asyncio.shield(pending)
+
+    async def _lookup(self, uuid: str) -> Device | None:
+        try:
+            row = await self.db.call(find_active, uuid)
+        finally:
+            self._lookups.pop(uuid, None)
+        self.lookups_done += 1
+        if row is None or self.is_gateway(uuid):
+            self._unknown[uuid] = time.monotonic() + UNKNOWN_TTL_S
+            while len(self._unknown) > self.cache_size:
+                self._unknown.popitem(last=False)
+            return None
+        return self._remember(_row_to_device(row, time.monotonic()))
+
+    async def announce(self, uuid: str, data: dict[str, Any]) -> Device | None:
+        """Upsert an announced device and mark it online."""
+        device_id = await self.db.call(upsert_announced, uuid, data)
+        if device_id is None:
+            log.warning("device=%s announced but is deactivated in the database; ignored", uuid)
+            return None
+        device = self.get(uuid)
+        now_mono, now_local = time.monotonic(), local_now()
+        if device is None:
+            device = self._remember(Device(device_id, uuid, data["device_type"].strip().lower(),
+                                           ONLINE, now_mono, now_local))
+        else:
+            if device.status != ONLINE:
+                log.info("device=%s online (announce)", uuid)
+            device.id, device.status = device_id, ONLINE
+            device.last_seen_monotonic, device.last_seen_at = now_mono, now_local
+            device.last_seen_dirty = False
+        self.db.post_plain(self.db.remember_device, uuid, device_id)
+        return device
+
+    def seen(self, device: Device, touch: bool = True) -> None:
+        """A message from ``device`` arrived: refresh presence, go online if it was not."""
+        if touch:
+            device.last_seen_monotonic = time.monotonic()
+            device.last_seen_at = local_now()
+            device.last_seen_dirty = True
+        if device.status != ONLINE:
+            self.set_status(device, ONLINE, None)
+
+    def set_status(self, device: Device, status: str, reason: str | None) -> None:
+        """Record a status transition once, in memory and in the database."""
+        if device.status == status:
+            return
+        log.info("device=%s %s%s", device.uuid, status, f" ({reason})" if reason else "")
+        device.status = status
+        seen_at = device.last_seen_at if status == ONLINE else None
+        device.last_seen_dirty = False if status == ONLINE else device.last_seen_dirty
+        self.db.post(set_status, device.id, device.uuid, status, seen_at, reason)
+
+    def sweep(self) -> int:
+        """Mark devices silent for longer than DEVICE_TIMEOUT offline; return how many."""
+        now = time.monotonic()
+        changed = 0
+        for device in list(self._cache.values()):
+            if device.status == ONLINE and now - device.last_seen_monotonic > self.device_timeout_s:
+                self.set_status(device, OFFLINE, "timeout")
+                changed += 1
+        self.flush_last_seen(force=True)
+        return changed
+
+    def flush_last_seen(self, force: bool = False) -> int:
+        """Write buffered last_seen times in one statement, at most every few seconds."""
+        now = time.monotonic()
+        if not force and now - self._last_seen_flushed < LAST_SEEN_WRITE_S:
+            return 0
+        self._last_seen_flushed = now
+        rows = []
+        for device in self._cache.values():
+            if device.last_seen_dirty and device.last_seen_at is not None:
+                rows.append((device.id, device.last_seen_at))
+                device.last_seen_dirty = False
+        if rows:
+            self.db.post(write_last_seen, rows)
+        return len(rows)
+
+    def online_count(self) -> int:
+        return sum(1 for d in self._cache.values() if d.status == ONLINE)
+
+    def devices(self) -> list[Device]:
+        return list(self._cache.values())

@@ -1,0 +1,322 @@
+"""The database thread: batched telemetry writes and every other DB job, off the event loop.
+
+The event loop never waits on the database. Telemetry goes into a ring buffer
+that this thread drains; the thread writes a batch in one transaction when it
+holds ``TELEMETRY_BATCH_SIZE`` rows or when its oldest row has waited
+``TELEMETRY_FLUSH_INTERVAL``. Other work (device upserts, status changes, event
+rows) arrives as jobs and runs on the same thread, so SQLite sees one writer
+per process and the Config App's writes only wait on our short transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sqlalchemy import create_engine, event, insert, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from autocore.config import Settings
+from autocore.errors import StorageError
+from autocore.schema import devices, telemetry_data
+
+log = logging.getLogger(__name__)
+
+#: How long SQLite waits for another writer (the Config App) before failing.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+#: Poll period of the writer while telemetry is pending but not yet due.
+PENDING_POLL_S = 0.005
+#: Longest sleep of an idle writer; pushes and jobs wake it earlier.
+IDLE_WAIT_S = 1.0
+#: Most rows written in one transaction.
+MAX_BATCH_ROWS = 5000
+#: Pause after a failed write before retrying, doubled up to the maximum.
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 5.0
+#: How long an unknown device uuid is remembered as unknown.
+UNKNOWN_DEVICE_TTL_S = 30.0
+#: Device ids remembered by the writer (uuid -> devices.id).
+DEVICE_ID_CACHE_SIZE = 4096
+
+
+class TelemetryItem(NamedTuple):
+    """One validated telemetry message waiting for the writer."""
+
+    device_id: int | None  # None when the event loop did not know it yet
+    uuid: str
+    received_at: datetime  # naive local receive time, the rows' timestamp
+    rows: list[tuple[str, str, str, str | None]]
+
+
+def database_url(settings: Settings) -> str:
+    """The SQLAlchemy URL to open: DATABASE_URL, else the SQLite file DATABASE_PATH."""
+    if settings.database_url:
+        return settings.database_url
+    return f"sqlite:///{Path(settings.database_path).expanduser().resolve()}"
+
+
+def open_engine(settings: Settings) -> Engine:
+    """Open the shared database; SQLite gets WAL and a busy timeout for the Config App."""
+    url = database_url(settings)
+    if url.startswith("sqlite"):
+        path = Path(settings.database_path).expanduser()
+        if not settings.database_url and not path.exists():
+            if not settings.create_database:
+                raise StorageError(
+                    f"database file {path} does not exist "
+                    "(set DATABASE_PATH, or AUTOCORE_CREATE_DATABASE=true to create it)"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Job(NamedTuple):
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any] | None
+    loop: asyncio.AbstractEventLoop | None
+    transaction: bool = True  # run as fn(conn, *args) inside engine.begin()
+
+
+class Database:
+    """Owns the engine and the single database thread.
+
+    ``push_telemetry`` and ``post`` are the only calls the event loop makes;
+    both return at once. ``call`` returns an awaitable future.
+    """
+
+    def __init__(self, engine: Engine, ring: Any, batch_rows: int, flush_interval_s: float) -> None:
+        self.engine = engine
+        self.ring = ring
+        self.batch_rows = batch_rows
+        self.flush_interval_s = flush_interval_s
+        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._device_ids: OrderedDict[str, int] = OrderedDict()
+        self._unknown: dict[str, float] = {}
+        # Counters (written by the DB thread, read anywhere).
+        self.rows_written = 0
+        self.batches_written = 0
+        self.write_errors = 0
+        self.rows_unknown_device = 0
+        self.last_commit_monotonic = 0.0
+        self.last_batch_seconds = 0.0
+        #: Called on the DB thread after each committed batch with the items written.
+        self.on_committed: Callable[[list[TelemetryItem]], None] | None = None
+
+    # -- event-loop side ---------------------------------------------------
+
+    def push_telemetry(self, item: TelemetryItem) -> bool:
+        """Queue a telemetry message; False when the ring refused it."""
+        was_empty = not len(self.ring)
+        stored = bool(self.ring.push(item))
+        if was_empty:
+            self._wake.set()
+        return stored
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(conn, *args)`` on the DB thread in a transaction; errors are logged."""
+        self._jobs.put(Job(fn, args, None, None))
+        self._wake.set()
+
+    def post_plain(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the DB thread without a connection (thread-owned state)."""
+        self._jobs.put(Job(fn, args, None, None, transaction=False))
+        self._wake.set()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run ``fn(conn, *args)`` on the DB thread; await the returned future for its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put(Job(fn, args, future, loop))
+        self._wake.set()
+        return future
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="autocore-db", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Flush everything queued, then stop; False if the flush did not finish in time."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- database thread ----------------------------------------------------
+
+    def _run(self) -> None:
+        pending: list[TelemetryItem] = []
+        pending_rows = 0
+        oldest = 0.0
+        retry_s = RETRY_MIN_S
+        while True:
+            self._run_jobs()
+            if pending_rows < MAX_BATCH_ROWS:
+                items = self.ring.drain(MAX_BATCH_ROWS)
+                if items:
+                    if not pending:
+                        oldest = time.monotonic()
+                    pending.extend(items)
+                    pending_rows += sum(len(item.rows) for item in items)
+            stopping = self._stopping.is_set()
+            due = pending and (
+                pending_rows >= self.batch_rows
+                or time.monotonic() - oldest >= self.flush_interval_s
+                or stopping
+            )
+            if due:
+                if self._write_batch(pending):
+                    pending, pending_rows, retry_s = [], 0, RETRY_MIN_S
+                    continue
+                if stopping and retry_s >= RETRY_MAX_S:
+                    log.error("giving up on %d telemetry messages at shutdown", len(pending))
+                    return
+                time.sleep(retry_s)
+                retry_s = min(retry_s * 2, RETRY_MAX_S)
+                continue
+            if stopping and not pending and not len(self.ring) and self._jobs.empty():
+                return
+            wait_s = PENDING_POLL_S if (pending or len(self.ring)) else IDLE_WAIT_S
+            self._wake.wait(wait_s)
+            self._wake.clear()
+
+    def _run_jobs(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                if job.transaction:
+                    with self.engine.begin() as conn:
+                        result = job.fn(conn, *job.args)
+                else:
+                    result = job.fn(*job.args)
+            except Exception as exc:  # a job must never kill the thread
+                if job.future is None:
+                    log.warning("database job %s failed: %s", job.fn.__name__, exc)
+                else:
+                    self._resolve(job, None, exc)
+            else:
+                if job.future is not None:
+                    self._resolve(job, result, None)
+
+    @staticmethod
+    def _resolve(job: Job, result: Any, exc: BaseException | None) -> None:
+        def settle() -> None:
+            if job.future is None or job.future.done():
+                return
+            if exc is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(exc)
+
+        assert job.loop is not None
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # loop already closed at shutdown
+            pass
+
+    def _write_batch(self, items: list[TelemetryItem]) -> bool:
+        started = time.monotonic()
+        try:
+            with self.engine.begin() as conn:
+                rows = self._rows_for(conn, items)
+                if rows:
+                    conn.execute(insert(telemetry_data), rows)
+        except SQLAlchemyError as exc:
+            self.write_errors += 1
+            log.warning("telemetry write of %d messages failed, will retry: %s", len(items), exc)
+            return False
+        self.rows_written += len(rows)
+        self.batches_written += 1
+        self.last_commit_monotonic = time.monotonic()
+        self.last_batch_seconds = self.last_commit_monotonic - started
+        if self.on_committed is not None:
+            self.on_committed(items)
+        return True
+
+    def _rows_for(self, conn: Connection, items: list[TelemetryItem]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for item in items:
+            device_id = item.device_id
+            if device_id is None:
+                device_id = self._device_id(conn, item.uuid)
+                if device_id is None:
+                    self.rows_unknown_device += len(item.rows)
+                    continue
+            ts = item.received_at
+            for data_type, key, value, unit in item.rows:
+                rows.append({
+                    "timestamp": ts, "device_id": device_id, "data_type": data_type,
+                    "data_key": key, "data_value": value, "unit": unit,
+                })
+        return rows
+
+    def _device_id(self, conn: Connection, uuid: str) -> int | None:
+        cached = self._device_ids.get(uuid)
+        if cached is not None:
+            self._device_ids.move_to_end(uuid)
+            return cached
+        now = time.monotonic()
+        if self._unknown.get(uuid, 0.0) > now:
+            return None
+        found = conn.execute(
+            select(devices.c.id).where(devices.c.uuid == uuid, devices.c.is_active.is_not(False))
+        ).scalar()
+        if found is None:
+            if len(self._unknown) >= DEVICE_ID_CACHE_SIZE:
+                self._unknown = {u: t for u, t in self._unknown.items() if t > now}
+                if len(self._unknown) >= DEVICE_ID_CACHE_SIZE:
+                    self._unknown.clear()
+            self._unknown[uuid] = now + UNKNOWN_DEVICE_TTL_S
+            return None
+        self.remember_device(uuid, int(found))
+        return int(found)
+
+    def remember_device(self, uuid: str, device_id: int) -> None:
+        """Record a uuid -> id mapping (DB thread only)."""
+        self._device_ids[uuid] = device_id
+        self._device_ids.move_to_end(uuid)
+        self._unknown.pop(uuid, None)
+        while len(self._device_ids) > DEVICE_ID_CACHE_SIZE:
+            self._device_ids.popitem(last=False)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "rows_written": self.rows_written,
+            "batches_written": self.batches_written,
+            "write_errors": self.write_errors,
+            "rows_unknown_device": self.rows_unknown_device,
+            "ring": self.ring.stats(),
+        }
