@@ -316,3 +316,21 @@ def test_unreachable_broker_exits_1(env, broker_factory, gateway_factory) -> Non
     gateway = gateway_factory(dead, env.db, wait_ready=False, AUTOCORE_CONNECT_TIMEOUT="1")
     assert gateway.proc.wait(30) == 1
     assert "broker" in gateway.log and "Traceback" not in gateway.log
+
+
+def test_discovery_modes_and_responses_are_handled_quietly(env) -> None:  # type: ignore[no-untyped-def]
+    gateway = env.gateway()
+    observer = env.peer()
+    observer.subscribe("autocore/errors/#")
+    app = env.peer()
+    app.publish("autocore/discovery/announce", fixture_bytes("discovery.json"))
+    app.publish("autocore/modes/parking", fixture_bytes("mode_change.json"))
+    app.publish("autocore/devices/esp32-relay-001/response", fixture_bytes("command_response.json"))
+    app.publish("autocore/system/broadcast", b'{"protocol_version":"2.2.0","message":"hello"}')
+    app.publish("autocore/gateway/commands/restart", b'{"protocol_version":"2.2.0"}')
+    event = wait_for(lambda: env.rows("SELECT * FROM event_logs WHERE event_type='discovery'"))[0]
+    assert event["source"] == "gateway" and event["action"] == "device_found"
+    assert json.loads(event["payload"])["device_uuid"] == "esp32-relay-002"
+    wait_for(lambda: "mode=parking status=active source=macro_executor" in gateway.log)
+    assert observer.drain(quiet_s=0.5) == []  # no error storm for app messages
+    assert gateway.alive()
