@@ -8,44 +8,14 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.services import fixture_bytes, query, wait_for
+from tests.fixtures.services import fixture_bytes, wait_for
 
 GATEWAY_STATUS = "autocore/devices/autocore-gateway/status"
-
-
-@pytest.fixture
-def env(broker_factory, installed_db, gateway_factory, peer_factory):  # type: ignore[no-untyped-def]
-    """A private broker, the installed database, and helpers to start a gateway and peers."""
-
-    class Env:
-        broker = broker_factory()
-        db = installed_db
-
-        def gateway(self, **settings: str):  # type: ignore[no-untyped-def]
-            return gateway_factory(self.broker, self.db, **settings)
-
-        def peer(self, **options):  # type: ignore[no-untyped-def]
-            return peer_factory(target=self.broker, **options)
-
-        def rows(self, sql: str, *params: object) -> list[sqlite3.Row]:
-            return query(self.db, sql, params)
-
-        def register(self, uuid: str, device_type: str = "esp32_relay") -> int:
-            """Insert a device the way the Config App does (HTTP registration)."""
-            now = datetime.now()
-            with sqlite3.connect(self.db) as conn:
-                cursor = conn.execute(
-                    "INSERT INTO devices (uuid, name, type, status, is_active, created_at, updated_at)"
-                    " VALUES (?, ?, ?, 'offline', 1, ?, ?)", (uuid, f"Board {uuid}", device_type, now, now))
-                return int(cursor.lastrowid or 0)
-
-    return Env()
 
 
 def payload(message) -> dict:  # type: ignore[no-untyped-def]

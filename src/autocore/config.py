@@ -167,6 +167,10 @@ KEYS: tuple[Key, ...] = (
         "wait for the first CONNACK before giving up, s"),
     Key("AUTOCORE_DEVICE_CACHE_SIZE", "device_cache_size", "4096", _integer(1),
         "devices kept in the in-memory LRU cache"),
+    Key("AUTOCORE_COMMAND_MAX_AGE", "command_max_age_s", "60", _number(0),
+        "a pending command older than this expires instead of being sent, s"),
+    Key("AUTOCORE_COMMAND_POLL_INTERVAL", "command_poll_interval_s", "0.02", _number(0),
+        "how often the database is checked for new commands, s"),
     Key("MQTT_TLS_CA_FILE", "tls_ca_file", None, _optional_file(), "CA bundle: enables TLS"),
     Key("MQTT_TLS_CERT_FILE", "tls_cert_file", None, _optional_file(), "client certificate (PEM)"),
     Key("MQTT_TLS_KEY_FILE", "tls_key_file", None, _optional_file(), "client private key (PEM)"),
@@ -204,6 +208,8 @@ class Settings:
     ring_capacity: int
     connect_timeout_s: float
     device_cache_size: int
+    command_max_age_s: float
+    command_poll_interval_s: float
     tls_ca_file: str | None
     tls_cert_file: str | None
     tls_key_file: str | None

@@ -23,6 +23,7 @@ from autocore.envelope import utc_timestamp
 from autocore.errors import BrokerError, StorageError
 from autocore.events import write_event
 from autocore.metrics import Metrics
+from autocore.outbox import Outbox
 from autocore.pipeline import Pipeline
 from autocore.registry import Registry, mark_gateway_offline, register_gateway
 from autocore.reports import ErrorReporter
@@ -119,6 +120,12 @@ class Gateway:
         self.client.on_connected = self._on_connected
         self.meter = status.ResourceMeter()
         await self.client.connect(settings.connect_timeout_s)
+        self.outbox = Outbox(self.db, self.registry, reporter, self._publish, settings.gateway_uuid,
+                             settings.message_timeout_s, settings.command_max_age_s)
+        self.pipeline.outbox = self.outbox
+        self.registry.on_online = self.outbox.device_online
+        await self.outbox.resume()
+        self.db.add_poller(self.outbox.feed.poll, settings.command_poll_interval_s)
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
         assert self.client is not None
@@ -181,6 +188,7 @@ class Gateway:
             info = self._publish(topics.status_topic(uuid), status.shutdown(uuid), status.STATUS_QOS, True)
             if not await self.client.wait_published(info, OFFLINE_ACK_TIMEOUT_S):
                 log.warning("broker did not acknowledge the offline status in time")
+        self.outbox.stop()
         await self._stop_database()
         await self.client.close()
         log.info("stopped")

@@ -57,9 +57,11 @@ class Pipeline:
         self._log_throttle = Throttle(REJECT_LOG_WINDOW_S)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.accepting = True
+        #: Command outbox to notify of responses and relay states (set by the gateway).
+        self.outbox: Any = None
         self._handlers: dict[str, Callable[[Message, bool], None]] = {
             kinds.TELEMETRY: self._on_telemetry,
-            kinds.RELAY_TELEMETRY: self._on_telemetry,
+            kinds.RELAY_TELEMETRY: self._on_relay_state,
             kinds.RELAY_STATE: self._on_relay_state,
             kinds.STATUS: self._on_status,
             kinds.ANNOUNCE: self._on_announce,
@@ -182,6 +184,19 @@ class Pipeline:
 
     def _on_relay_state(self, message: Message, retained: bool) -> None:
         self._on_telemetry(message, retained)
+        if self.outbox is None or retained:
+            return
+        data = message.data or {}
+        states = {}
+        channels = data.get("channels")
+        if isinstance(channels, dict):
+            states = {int(k): v for k, v in channels.items()
+                      if isinstance(k, str) and k.isdigit() and isinstance(v, bool)}
+        elif data.get("event") == "relay_change" and type(data.get("channel")) is int \
+                and isinstance(data.get("state"), bool):
+            states = {data["channel"]: data["state"]}
+        if states:
+            self.outbox.on_relay_states(message.uuid, states)
 
     def _on_status(self, message: Message, retained: bool) -> None:
         if self._is_gateway(message.uuid):
@@ -212,8 +227,12 @@ class Pipeline:
             self.db.post(write_event, "discovery", "gateway", "device_found", message.data)
 
     def _on_response(self, message: Message, retained: bool) -> None:
-        log.debug("device=%s response to command %s", message.uuid,
-                  (message.data or {}).get("command_id"))
+        data = message.data or {}
+        if self.outbox is not None and self.outbox.on_response(message.uuid, data):
+            return
+        self.metrics.reject("unknown_command", message.uuid)
+        if self._log_throttle.allow((message.uuid, "unknown_command")):
+            log.warning("device=%s response to unknown command %s", message.uuid, data.get("command_id"))
 
     def _on_mode(self, message: Message, retained: bool) -> None:
         data = message.data or {}

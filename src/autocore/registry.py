@@ -17,6 +17,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -173,6 +174,8 @@ class Registry:
         self._lookups: dict[str, asyncio.Future[Device | None]] = {}
         self._last_seen_flushed = time.monotonic()
         self.lookups_done = 0
+        #: Called with a device uuid whenever that device goes online.
+        self.on_online: Callable[[str], None] | None = None
 
     async def load(self) -> None:
         """Fill the cache with active devices so known devices never cost a query."""
@@ -244,16 +247,19 @@ class Registry:
             return None
         device = self.get(uuid)
         now_mono, now_local = time.monotonic(), local_now()
+        was_online = device is not None and device.status == ONLINE
         if device is None:
             device = self._remember(Device(device_id, uuid, data["device_type"].strip().lower(),
                                            ONLINE, now_mono, now_local))
         else:
-            if device.status != ONLINE:
+            if not was_online:
                 log.info("device=%s online (announce)", uuid)
             device.id, device.status = device_id, ONLINE
             device.last_seen_monotonic, device.last_seen_at = now_mono, now_local
             device.last_seen_dirty = False
         self.db.post_plain(self.db.remember_device, uuid, device_id)
+        if not was_online and self.on_online is not None:
+            self.on_online(uuid)
         return device
 
     def seen(self, device: Device, touch: bool = True) -> None:
@@ -274,6 +280,8 @@ class Registry:
         seen_at = device.last_seen_at if status == ONLINE else None
         device.last_seen_dirty = False if status == ONLINE else device.last_seen_dirty
         self.db.post(set_status, device.id, device.uuid, status, seen_at, reason)
+        if status == ONLINE and self.on_online is not None:
+            self.on_online(device.uuid)
 
     def sweep(self) -> int:
         """Mark devices silent for longer than DEVICE_TIMEOUT offline; return how many."""

@@ -105,19 +105,21 @@ relay_channels = Table(
     Index("idx_relay_channels_board", "board_id"),
 )
 
-# autocore's own table: the command outbox the Config App writes into.
+# autocore's own table: the command outbox the Config App writes into. A row
+# needs only device_uuid, command_type and payload; the gateway fills the rest.
 gateway_commands = Table(
     "gateway_commands", metadata,
     Column("id", Integer, primary_key=True),
-    Column("command_id", String(36), nullable=False, unique=True),
+    Column("command_id", String(36), unique=True),  # echoed by the device; set at pick-up if NULL
     Column("device_uuid", String(36), nullable=False),
-    Column("topic", String(200)),
-    Column("command_type", String(50), nullable=False),
-    Column("payload", Text),
-    Column("qos", Integer, nullable=False, default=2),
+    Column("topic", String(200)),  # where it was published (filled by the gateway)
+    Column("command_type", String(50), nullable=False),  # relay | reset | status | reboot | ota | other
+    Column("payload", Text),  # JSON object of parameters
+    Column("qos", Integer, default=2),
     Column("status", String(20), nullable=False, default="pending"),
-    Column("timeout_s", Integer, nullable=False, default=30),
-    Column("attempts", Integer, nullable=False, default=0),
+    Column("timeout_s", Integer),  # NULL: MESSAGE_TIMEOUT
+    Column("max_age_s", Integer),  # NULL: AUTOCORE_COMMAND_MAX_AGE; older pending rows expire
+    Column("attempts", Integer, default=0),
     Column("created_at", DateTime, nullable=False),
     Column("sent_at", DateTime),
     Column("completed_at", DateTime),

@@ -125,6 +125,7 @@ class Database:
         self.last_batch_seconds = 0.0
         #: Called on the DB thread after each committed batch with the items written.
         self.on_committed: Callable[[list[TelemetryItem]], None] | None = None
+        self._pollers: list[list[Any]] = []  # [fn, interval_s, next_due]
 
     # -- event-loop side ---------------------------------------------------
 
@@ -154,6 +155,10 @@ class Database:
         self._wake.set()
         return future
 
+    def add_poller(self, fn: Callable[[Connection], Any], interval_s: float) -> None:
+        """Run ``fn(conn)`` on the DB thread every ``interval_s`` (cheap change checks)."""
+        self._pollers.append([fn, interval_s, 0.0])
+
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
@@ -181,6 +186,7 @@ class Database:
         retry_s = RETRY_MIN_S
         while True:
             self._run_jobs()
+            next_poll = self._run_pollers()
             if pending_rows < MAX_BATCH_ROWS:
                 items = self.ring.drain(MAX_BATCH_ROWS)
                 if items:
@@ -207,7 +213,7 @@ class Database:
             if stopping and not pending and not len(self.ring) and self._jobs.empty():
                 return
             wait_s = PENDING_POLL_S if (pending or len(self.ring)) else IDLE_WAIT_S
-            self._wake.wait(wait_s)
+            self._wake.wait(max(0.0, min(wait_s, next_poll - time.monotonic())))
             self._wake.clear()
 
     def _run_jobs(self) -> None:
@@ -230,6 +236,22 @@ class Database:
             else:
                 if job.future is not None:
                     self._resolve(job, result, None)
+
+    def _run_pollers(self) -> float:
+        """Run the pollers that are due; return when the next one is."""
+        now = time.monotonic()
+        next_due = now + IDLE_WAIT_S
+        for poller in self._pollers:
+            fn, interval_s, due = poller
+            if due <= now:
+                try:
+                    with self.engine.connect() as conn:
+                        fn(conn)
+                except SQLAlchemyError as exc:
+                    log.warning("database poll %s failed: %s", getattr(fn, "__name__", fn), exc)
+                due = poller[2] = now + interval_s
+            next_due = min(next_due, due)
+        return next_due
 
     @staticmethod
     def _resolve(job: Job, result: Any, exc: BaseException | None) -> None:

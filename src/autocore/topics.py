@@ -49,6 +49,11 @@ def device_command_topic(uuid: str, command: str) -> str:
     return f"{ROOT}/devices/{uuid}/commands/{command}"
 
 
+def command_topic(uuid: str) -> str:
+    """Generic gateway -> device command topic of the protocol docs (``/command``)."""
+    return f"{ROOT}/devices/{uuid}/command"
+
+
 def announce_topic(uuid: str) -> str:
     return f"{ROOT}/devices/{uuid}/announce"
 
@@ -58,6 +63,6 @@ def telemetry_topic(uuid: str) -> str:
 
 
 __all__ = [
-    "ROOT", "SUBSCRIPTIONS", "Topic", "announce_topic", "device_command_topic", "error_topic",
+    "ROOT", "SUBSCRIPTIONS", "Topic", "announce_topic", "command_topic", "device_command_topic", "error_topic",
     "parse_topic", "relay_set_topic", "status_topic", "telemetry_topic",
 ]
