@@ -22,12 +22,14 @@ def test_demo_starts_its_own_broker_and_shows_what_was_stored(tmp_path: Path) ->
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "started a private Mosquitto" in out
-    for heading in ("Devices", "Telemetry rows", "Events", "Gateway"):
+    for heading in ("Devices", "Telemetry rows", "Commands", "Events", "Gateway"):
         assert heading in out
     assert '"bad_json": 1' in out
     with sqlite3.connect(tmp_path / "autocore.db") as conn:
         statuses = dict(conn.execute("SELECT uuid, status FROM devices"))
         rows = conn.execute("SELECT count(*) FROM telemetry_data").fetchone()[0]
+        command = conn.execute("SELECT status, topic FROM gateway_commands").fetchone()
     assert statuses["esp32-display-001"] == "offline"  # went silent: offline transition
     assert statuses["esp32-can-001"] == "online"
     assert rows > 50
+    assert command == ("acked", "autocore/devices/esp32-relay-001/relays/set")

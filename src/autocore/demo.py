@@ -3,8 +3,9 @@
 Uses a SQLite file in a temporary (or given) directory, a broker on the
 configured port or, when none answers there, a private Mosquitto on a free
 loopback port. Simulated devices announce, report status and stream telemetry
-at 10 Hz; one goes silent (offline transition) and one sends garbage (reject).
-It ends with a table of what the gateway stored.
+at 10 Hz; one goes silent (offline transition) and one sends garbage (reject);
+a relay command row is queued as the Config App would, and a simulated relay
+board switches and confirms it. It ends with a table of what the gateway stored.
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ import tempfile
 import threading
 import time
 from contextlib import ExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, insert, select
 
 from autocore import broker, envelope, topics
 from autocore.cli import implementation_report, load_settings, run_loop
 from autocore.gateway import Gateway
-from autocore.schema import devices, event_logs, telemetry_data
+from autocore.schema import devices, event_logs, gateway_commands, telemetry_data
 
 #: Telemetry period of every simulated device (10 Hz, as CAN readers send).
 TELEMETRY_PERIOD_S = 0.1
@@ -79,19 +81,49 @@ class SimulatedDevice:
         self.client.loop_stop()
 
 
+class SimulatedRelayBoard(SimulatedDevice):
+    """A relay board: applies ``relays/set`` and answers with ``relays/state``, as the firmware does."""
+
+    def __init__(self, uuid: str, host: str, port: int) -> None:
+        super().__init__(uuid, "esp32_relay", host, port)
+        self.channels = {str(ch): False for ch in range(1, 17)}
+        self.client.on_message = self._on_set
+        self.client.subscribe(f"autocore/devices/{uuid}/relays/set", qos=1)
+
+    def _on_set(self, client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        body = json.loads(message.payload)
+        channel, action = str(body.get("channel")), body.get("command")
+        if channel in self.channels and action in ("on", "off", "toggle"):
+            self.channels[channel] = not self.channels[channel] if action == "toggle" else action == "on"
+        self.publish(f"autocore/devices/{self.uuid}/relays/state",
+                     envelope.build(self.uuid, board_id=1, channels=self.channels), qos=1)
+
+
+def _queue_relay_command(db_path: Path, uuid: str) -> None:
+    """Write a command row the way the Config App does when a user presses "relay 3 on"."""
+    engine = create_engine(f"sqlite:///{db_path}")
+    with engine.begin() as conn:
+        conn.execute(insert(gateway_commands).values(
+            device_uuid=uuid, command_type="relay", created_at=datetime.now(), status="pending",
+            payload=json.dumps({"channel": 3, "command": "on", "source": "demo"})))
+    engine.dispose()
+
+
 def _simulate(host: str, port: int, count: int, duration_s: float, stop: threading.Event,
-              progress: dict[str, Any]) -> None:
+              progress: dict[str, Any], db_path: Path) -> None:
     streamers = [SimulatedDevice(f"esp32-can-{i + 1:03d}" if i % 2 == 0 else f"esp32-sensor-{i + 1:03d}",
                                  "esp32_can" if i % 2 == 0 else "sensor_board", host, port)
                  for i in range(count)]
     display = SimulatedDevice("esp32-display-001", "esp32_display", host, port)
-    everyone = [*streamers, display]
+    board = SimulatedRelayBoard("esp32-relay-001", host, port)
+    everyone = [*streamers, display, board]
     try:
         for device in everyone:
             device.announce()
         time.sleep(0.3)  # let the announces register before telemetry flows
         display.publish(topics.status_topic(display.uuid), b'{"protocol_version":"2.2.0","uuid":',
                         qos=1)  # truncated JSON: rejected with ERR_002
+        _queue_relay_command(db_path, board.uuid)
         started = time.monotonic()
         tick = 0
         while not stop.is_set():
@@ -121,7 +153,8 @@ def _progress_bar(progress: dict[str, Any], duration_s: float, stored: int) -> N
     sys.stderr.flush()
 
 
-async def _demo(gateway: Gateway, host: str, port: int, devices_count: int, duration_s: float) -> int:
+async def _demo(gateway: Gateway, host: str, port: int, devices_count: int, duration_s: float,
+                db_path: Path) -> int:
     runner = asyncio.ensure_future(gateway.run(install_signal_handlers=False))
     ready = asyncio.ensure_future(gateway.ready.wait())
     await asyncio.wait([runner, ready], return_when=asyncio.FIRST_COMPLETED)
@@ -130,8 +163,8 @@ async def _demo(gateway: Gateway, host: str, port: int, devices_count: int, dura
         return runner.result()
     stop = threading.Event()
     progress: dict[str, Any] = {}
-    sim = threading.Thread(target=_simulate, args=(host, port, devices_count, duration_s, stop, progress),
-                           daemon=True)
+    sim = threading.Thread(target=_simulate, daemon=True,
+                           args=(host, port, devices_count, duration_s, stop, progress, db_path))
     sim.start()
     try:
         while sim.is_alive():
@@ -168,6 +201,12 @@ def _report(db_path: Path, gateway: Gateway) -> None:
                                      telemetry_data.c.unit).order_by(telemetry_data.c.id.desc())
                               .limit(3)).all()
         print("  latest: " + ", ".join(f"{k}={v}{' ' + u if u else ''}" for k, v, u in latest))
+        print("\nCommands")
+        for row in conn.execute(select(gateway_commands).order_by(gateway_commands.c.id)):
+            took = (row.completed_at - row.created_at).total_seconds() * 1000 if row.completed_at else 0
+            print(f"  #{row.id} {row.command_type} {row.payload} -> {row.device_uuid}: {row.status} "
+                  f"(created {row.created_at:%H:%M:%S.%f}, sent {row.sent_at:%H:%M:%S.%f}, "
+                  f"done in {took:.0f} ms via {row.topic})")
         print("\nEvents")
         query = (select(event_logs.c.event_type, event_logs.c.action, func.count())
                  .group_by(event_logs.c.event_type, event_logs.c.action))
@@ -213,7 +252,7 @@ def run_demo(duration_s: float = 10.0, devices: int = 3, env_file: str | None = 
         print(f"Simulating {devices} telemetry devices and a display for {duration_s:g} s "
               f"(database {db_path})")
         gateway = Gateway(settings)
-        code = run_loop(_demo(gateway, host, port, devices, duration_s))
+        code = run_loop(_demo(gateway, host, port, devices, duration_s, db_path))
         if code == 0:
             _report(db_path, gateway)
         return code
