@@ -78,7 +78,7 @@ class CommandFeed:
         self.max_id = 0
 
     def poll(self, conn: Connection) -> None:
-        top = conn.execute(select(func.max(gateway_commands.c.id))).scalar() or 0
+        top = conn.exec_driver_sql("SELECT max(id) FROM gateway_commands").scalar() or 0
         if top <= self.max_id:
             return
         rows = conn.execute(

@@ -21,20 +21,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import create_engine, event, insert, select
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from autocore.config import Settings
 from autocore.errors import StorageError
+from autocore.filewatch import FileWatch, start_watch
 from autocore.schema import devices, telemetry_data
 
 log = logging.getLogger(__name__)
 
 #: How long SQLite waits for another writer (the Config App) before failing.
 SQLITE_BUSY_TIMEOUT_MS = 5000
-#: Poll period of the writer while telemetry is pending but not yet due.
-PENDING_POLL_S = 0.005
+#: While telemetry is pending the writer looks at the ring this often, so one
+#: commit carries everything that arrived meanwhile: SQLite's per-commit cost
+#: dominates small batches (17 us/row at 40 rows per commit, 9 us at 400, on
+#: the 2-core benchmark machine), and 20 ms keeps p95 latency well under 50 ms.
+WRITE_COALESCE_S = 0.02
 #: Longest sleep of an idle writer; pushes and jobs wake it earlier.
 IDLE_WAIT_S = 1.0
 #: Most rows written in one transaction.
@@ -42,6 +46,8 @@ MAX_BATCH_ROWS = 5000
 #: Pause after a failed write before retrying, doubled up to the maximum.
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 5.0
+#: With a file watch, pollers still run this often in case a change went unseen.
+WATCHED_POLL_S = 10.0
 #: How long an unknown device uuid is remembered as unknown.
 UNKNOWN_DEVICE_TTL_S = 30.0
 #: Device ids remembered by the writer (uuid -> devices.id).
@@ -80,6 +86,25 @@ def open_engine(settings: Settings) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _telemetry_insert(engine: Engine) -> tuple[str, Callable[[datetime], Any]]:
+    """The telemetry INSERT in the driver's own paramstyle, and how to pass a timestamp.
+
+    Telemetry is the one bulk write, so it skips per-row bind processing: rows go
+    to the DBAPI ``executemany`` as tuples. On SQLite the timestamp is the text
+    SQLAlchemy's DateTime type itself stores (``YYYY-MM-DD HH:MM:SS.ffffff``), so
+    the Config App reads the same values either way.
+    """
+    columns = ("timestamp", "device_id", "data_type", "data_key", "data_value", "unit")
+    dialect = engine.dialect
+    marker = {"qmark": "?", "format": "%s", "pyformat": "%s", "numeric": ":{n}"}.get(dialect.paramstyle, "?")
+    quote = dialect.identifier_preparer.quote
+    values = ", ".join(marker.format(n=n + 1) for n in range(len(columns)))
+    sql = f"INSERT INTO {quote(telemetry_data.name)} ({', '.join(quote(c) for c in columns)}) VALUES ({values})"
+    if dialect.name == "sqlite":
+        return sql, lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return sql, lambda moment: moment
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -126,6 +151,11 @@ class Database:
         #: Called on the DB thread after each committed batch with the items written.
         self.on_committed: Callable[[list[TelemetryItem]], None] | None = None
         self._pollers: list[list[Any]] = []  # [fn, interval_s, next_due]
+        self._poll_conn: Connection | None = None  # DB thread only, reused by every poll
+        self._watch: FileWatch | None = None
+        self._changed = True  # another process wrote the file (set by the watch thread)
+        self._idle = False  # the DB thread is in its long idle wait
+        self._insert_sql, self._stamp = _telemetry_insert(engine)
 
     # -- event-loop side ---------------------------------------------------
 
@@ -156,12 +186,24 @@ class Database:
         return future
 
     def add_poller(self, fn: Callable[[Connection], Any], interval_s: float) -> None:
-        """Run ``fn(conn)`` on the DB thread every ``interval_s`` (cheap change checks)."""
+        """Run ``fn(conn)`` on the DB thread to look for changes made by other processes.
+
+        On SQLite under Linux the file is watched, so ``fn`` runs (at most every
+        ``interval_s``) only after a write, and otherwise every WATCHED_POLL_S;
+        elsewhere it runs every ``interval_s``.
+        """
         self._pollers.append([fn, interval_s, 0.0])
+
+    def _file_changed(self) -> None:
+        self._changed = True
+        if self._idle:  # a busy writer polls within WRITE_COALESCE_S anyway
+            self._wake.set()
 
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database:
+            self._watch = start_watch(Path(self.engine.url.database), self._file_changed)
         self._thread = threading.Thread(target=self._run, name="autocore-db", daemon=True)
         self._thread.start()
 
@@ -175,6 +217,8 @@ class Database:
         return not self._thread.is_alive()
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
         self.engine.dispose()
 
     # -- database thread ----------------------------------------------------
@@ -206,14 +250,19 @@ class Database:
                     continue
                 if stopping and retry_s >= RETRY_MAX_S:
                     log.error("giving up on %d telemetry messages at shutdown", len(pending))
+                    self._close_poll_conn()
                     return
                 time.sleep(retry_s)
                 retry_s = min(retry_s * 2, RETRY_MAX_S)
                 continue
             if stopping and not pending and not len(self.ring) and self._jobs.empty():
+                self._close_poll_conn()
                 return
-            wait_s = PENDING_POLL_S if (pending or len(self.ring)) else IDLE_WAIT_S
-            self._wake.wait(max(0.0, min(wait_s, next_poll - time.monotonic())))
+            busy = bool(pending or len(self.ring))
+            self._idle = not busy
+            self._wake.wait(max(0.0, min(WRITE_COALESCE_S if busy else IDLE_WAIT_S,
+                                         next_poll - time.monotonic())))
+            self._idle = False
             self._wake.clear()
 
     def _run_jobs(self) -> None:
@@ -241,17 +290,32 @@ class Database:
         """Run the pollers that are due; return when the next one is."""
         now = time.monotonic()
         next_due = now + IDLE_WAIT_S
+        changed = self._changed or self._watch is None
         for poller in self._pollers:
-            fn, interval_s, due = poller
+            fn, interval_s, last = poller
+            due = last + (interval_s if changed else WATCHED_POLL_S)
             if due <= now:
+                self._changed = False
                 try:
-                    with self.engine.connect() as conn:
-                        fn(conn)
+                    if self._poll_conn is None:
+                        self._poll_conn = self.engine.connect()
+                    fn(self._poll_conn)
+                    self._poll_conn.rollback()  # never keep a read snapshot open
                 except SQLAlchemyError as exc:
                     log.warning("database poll %s failed: %s", getattr(fn, "__name__", fn), exc)
-                due = poller[2] = now + interval_s
+                    self._close_poll_conn()
+                poller[2] = now
+                due = now + (interval_s if self._watch is None else WATCHED_POLL_S)
             next_due = min(next_due, due)
         return next_due
+
+    def _close_poll_conn(self) -> None:
+        if self._poll_conn is not None:
+            try:
+                self._poll_conn.close()
+            except SQLAlchemyError:
+                pass
+            self._poll_conn = None
 
     @staticmethod
     def _resolve(job: Job, result: Any, exc: BaseException | None) -> None:
@@ -275,7 +339,7 @@ class Database:
             with self.engine.begin() as conn:
                 rows = self._rows_for(conn, items)
                 if rows:
-                    conn.execute(insert(telemetry_data), rows)
+                    conn.exec_driver_sql(self._insert_sql, rows)
         except SQLAlchemyError as exc:
             self.write_errors += 1
             log.warning("telemetry write of %d messages failed, will retry: %s", len(items), exc)
@@ -288,8 +352,10 @@ class Database:
             self.on_committed(items)
         return True
 
-    def _rows_for(self, conn: Connection, items: list[TelemetryItem]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
+    def _rows_for(self, conn: Connection, items: list[TelemetryItem]) -> list[tuple[Any, ...]]:
+        """Positional rows for the prepared INSERT; one timestamp conversion per message."""
+        rows: list[tuple[Any, ...]] = []
+        stamp = self._stamp
         for item in items:
             device_id = item.device_id
             if device_id is None:
@@ -297,12 +363,9 @@ class Database:
                 if device_id is None:
                     self.rows_unknown_device += len(item.rows)
                     continue
-            ts = item.received_at
-            for data_type, key, value, unit in item.rows:
-                rows.append({
-                    "timestamp": ts, "device_id": device_id, "data_type": data_type,
-                    "data_key": key, "data_value": value, "unit": unit,
-                })
+            ts = stamp(item.received_at)
+            rows.extend([(ts, device_id, data_type, key, value, unit)
+                         for data_type, key, value, unit in item.rows])
         return rows
 
     def _device_id(self, conn: Connection, uuid: str) -> int | None:

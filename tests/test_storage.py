@@ -1,0 +1,109 @@
+"""The database thread against a real SQLite file: batching, timestamps, lock recovery, file watch."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from autocore.config import Settings
+from autocore.filewatch import start_watch
+from autocore.ringbuffer import Ring
+from autocore.schema import ensure_schema, telemetry_data
+from autocore.storage import Database, TelemetryItem, open_engine
+from tests.fixtures.services import wait_for
+
+ROWS = [("can_bus", "can_rpm", "2500.0", "rpm"), ("can_bus", "can_tps", "45.2", "%"),
+        ("can_bus", "can_ect", "85.7", "°C"), ("gps", "gps_lat", "-23.5505", "degrees")]
+
+
+@pytest.fixture
+def database(installed_db: Path):  # type: ignore[no-untyped-def]
+    made: list[Database] = []
+
+    def make(batch_rows: int = 10, flush_interval_s: float = 0.1) -> Database:
+        engine = open_engine(Settings.from_env({"DATABASE_PATH": str(installed_db)}, env_file=None))
+        ensure_schema(engine)
+        with sqlite3.connect(installed_db) as conn:
+            conn.execute("INSERT INTO devices (id, uuid, name, type, status, is_active) "
+                         "VALUES (7, 'esp32-can-001', 'CAN', 'esp32_can', 'online', 1)")
+        db = Database(engine, Ring(1000), batch_rows, flush_interval_s)
+        db.start()
+        made.append(db)
+        return db
+
+    yield make
+    for db in made:
+        db.stop(10)
+        db.close()
+
+
+def count(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM telemetry_data").fetchone()[0])
+
+
+def test_rows_read_back_through_sqlalchemy_with_the_receive_time(database, installed_db) -> None:  # type: ignore[no-untyped-def]
+    db = database()
+    received = datetime(2026, 11, 25, 10, 41, 10, 123456)
+    db.push_telemetry(TelemetryItem(None, "esp32-can-001", received, ROWS))
+    wait_for(lambda: count(installed_db) == 4)
+    with db.engine.connect() as conn:
+        rows = conn.execute(select(telemetry_data).order_by(telemetry_data.c.id)).all()
+    assert [r.timestamp for r in rows] == [received] * 4  # SQLAlchemy's own DateTime reads it back
+    assert [(r.device_id, r.data_type, r.data_key, r.data_value, r.unit) for r in rows] == [(7, *r) for r in ROWS]
+    with sqlite3.connect(installed_db) as conn:
+        assert conn.execute("SELECT timestamp FROM telemetry_data").fetchone()[0] == "2026-11-25 10:41:10.123456"
+
+
+def test_batch_waits_for_size_or_age_and_stop_flushes(database, installed_db) -> None:  # type: ignore[no-untyped-def]
+    db = database(batch_rows=10, flush_interval_s=60)
+    db.push_telemetry(TelemetryItem(7, "esp32-can-001", datetime.now(), ROWS))
+    time.sleep(0.5)
+    assert count(installed_db) == 0  # 4 rows < 10 and younger than 60 s: still pending
+    for _ in range(2):
+        db.push_telemetry(TelemetryItem(7, "esp32-can-001", datetime.now(), ROWS))
+    wait_for(lambda: count(installed_db) == 12)
+    db.push_telemetry(TelemetryItem(7, "esp32-can-001", datetime.now(), ROWS))
+    assert db.stop(10)
+    assert count(installed_db) == 16
+
+
+def test_unknown_devices_are_counted_not_stored(database, installed_db) -> None:  # type: ignore[no-untyped-def]
+    db = database(batch_rows=1)
+    db.push_telemetry(TelemetryItem(None, "esp32-ghost-001", datetime.now(), ROWS))
+    db.push_telemetry(TelemetryItem(None, "esp32-can-001", datetime.now(), ROWS))
+    wait_for(lambda: count(installed_db) == 4)
+    assert db.rows_unknown_device == 4
+
+
+def test_writes_resume_after_another_writer_held_the_lock(database, installed_db) -> None:  # type: ignore[no-untyped-def]
+    db = database(batch_rows=1)
+    blocker = sqlite3.connect(installed_db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the Config App in a long write transaction
+    for _ in range(5):
+        db.push_telemetry(TelemetryItem(7, "esp32-can-001", datetime.now(), ROWS))
+    wait_for(lambda: db.write_errors >= 1, timeout_s=15, what="a failed write while locked")
+    blocker.execute("COMMIT")
+    blocker.close()
+    wait_for(lambda: count(installed_db) == 20, timeout_s=15, what="all rows after the lock")
+
+
+def test_file_watch_sees_another_process_commit(tmp_path: Path) -> None:
+    path = tmp_path / "autocore.db"
+    sqlite3.connect(path).close()
+    seen = threading.Event()
+    watch = start_watch(path, seen.set)
+    if watch is None:
+        pytest.skip("inotify is not available here")
+    try:
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE t (x)")
+        assert seen.wait(5)
+    finally:
+        watch.stop()
