@@ -170,7 +170,7 @@ KEYS: tuple[Key, ...] = (
     Key("AUTOCORE_COMMAND_MAX_AGE", "command_max_age_s", "60", _number(0),
         "a pending command older than this expires instead of being sent, s"),
     Key("AUTOCORE_COMMAND_POLL_INTERVAL", "command_poll_interval_s", "0.02", _number(0),
-        "how often the database is checked for new commands, s"),
+        "shortest time between two checks for new commands, s"),
     Key("MQTT_TLS_CA_FILE", "tls_ca_file", None, _optional_file(), "CA bundle: enables TLS"),
     Key("MQTT_TLS_CERT_FILE", "tls_cert_file", None, _optional_file(), "client certificate (PEM)"),
     Key("MQTT_TLS_KEY_FILE", "tls_key_file", None, _optional_file(), "client private key (PEM)"),
