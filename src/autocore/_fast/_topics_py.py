@@ -18,6 +18,8 @@ MAX_TOPIC_LENGTH = 256
 MAX_LEVEL_LENGTH = 64
 
 ROOT = "autocore"
+# Bypasses Topic.__setattr__, which refuses every write after construction.
+_set_field = object.__setattr__
 _LEVEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
 
 # Leaf level under autocore/devices/{uuid}/...
@@ -41,16 +43,23 @@ class Topic:
     """What a topic says: message ``kind``, device ``uuid``, extra level ``sub``.
 
     A rejected topic has ``kind == "invalid"``, empty ``uuid``/``sub`` and a
-    reason code in ``reason``; an accepted one has ``reason == ""``.
+    reason code in ``reason``; an accepted one has ``reason == ""``. Records are
+    read-only because they are hashable and may be shared between callers.
     """
 
     __slots__ = ("kind", "uuid", "sub", "reason")
 
     def __init__(self, kind: str, uuid: str = "", sub: str = "", reason: str = "") -> None:
-        self.kind = kind
-        self.uuid = uuid
-        self.sub = sub
-        self.reason = reason
+        _set_field(self, "kind", kind)
+        _set_field(self, "uuid", uuid)
+        _set_field(self, "sub", sub)
+        _set_field(self, "reason", reason)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"attribute {name!r} of 'Topic' objects is not writable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"attribute {name!r} of 'Topic' objects is not writable")
 
     @property
     def ok(self) -> bool:
@@ -71,12 +80,22 @@ class Topic:
     def __hash__(self) -> int:
         return hash(self.as_tuple())
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str, str]]:
+        return (type(self), self.as_tuple())
+
     def __repr__(self) -> str:
         return "Topic(kind=%r, uuid=%r, sub=%r, reason=%r)" % self.as_tuple()
 
 
 def _reject(reason: str) -> Topic:
     return Topic(INVALID, "", "", reason)
+
+
+def _plain_str(topic: object) -> str:
+    """Return the exact-``str`` value of ``topic``; raise TypeError for non-strings."""
+    if not isinstance(topic, str):
+        raise TypeError(f"topic must be str, not {type(topic).__name__}")
+    return str.__str__(topic)
 
 
 def _level_problem(level: str, reason: str) -> str:
@@ -94,7 +113,11 @@ def parse_topic(topic: str) -> Topic:
     Wildcards, control characters and empty levels are refused because devices
     never publish to such topics; uuids and free levels must be 1-64 characters
     of ``[A-Za-z0-9_.:-]`` so they are safe to echo into topics and SQL rows.
+    A ``str`` subclass is parsed by its string value (its overrides are
+    ignored); anything else raises TypeError.
     """
+    if type(topic) is not str:
+        topic = _plain_str(topic)
     if len(topic) > MAX_TOPIC_LENGTH:
         return _reject("topic_too_long")
     for ch in topic:
