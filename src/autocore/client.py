@@ -71,10 +71,14 @@ class MqttClient:
         self._pending_subscribe_mids: set[int] = set()
         self._last_refusal: str | None = None
 
+        # A stable client id and a session that outlives the connection let the
+        # broker keep QoS 1 messages for us while we are away; manual acks let
+        # the gateway acknowledge telemetry only once its rows are committed.
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id or settings.gateway_uuid,
             protocol=mqtt.MQTTv5,
+            manual_ack=True,
         )
         self.client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         self.client.max_queued_messages_set(MAX_QUEUED_MESSAGES)
@@ -120,6 +124,11 @@ class MqttClient:
         """Queue a publish; paho sends it as soon as the socket is writable."""
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
+    def ack(self, mid: int, qos: int) -> None:
+        """Acknowledge a QoS 1/2 message; until then the broker will redeliver it."""
+        if qos and self.client.is_connected():
+            self.client.ack(mid, qos)
+
     async def wait_published(self, info: mqtt.MQTTMessageInfo, timeout_s: float) -> bool:
         """Wait (without blocking the loop) until ``info`` is acknowledged."""
         deadline = time.monotonic() + timeout_s
@@ -127,21 +136,6 @@ class MqttClient:
             if time.monotonic() >= deadline or info.rc != mqtt.MQTT_ERR_SUCCESS:
                 return False
             await asyncio.sleep(0.01)
-        return True
-
-    async def unsubscribe_all(self, timeout_s: float) -> bool:
-        """Stop the broker sending more; True once it acknowledged (messages before it still arrive)."""
-        if not self.client.is_connected() or not self.subscriptions:
-            return False
-        done = asyncio.Event()
-        self.client.on_unsubscribe = lambda *_args: done.set()
-        result, _mid = self.client.unsubscribe([topic for topic, _qos in self.subscriptions])
-        if result != mqtt.MQTT_ERR_SUCCESS:
-            return False
-        try:
-            await asyncio.wait_for(done.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            return False
         return True
 
     async def close(self) -> None:
@@ -176,6 +170,8 @@ class MqttClient:
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
         props.ReceiveMaximum = self.settings.max_concurrent_messages
+        if self.settings.session_expiry_s:
+            props.SessionExpiryInterval = self.settings.session_expiry_s
         return props
 
     def _connect_blocking(self) -> None:
@@ -183,6 +179,7 @@ class MqttClient:
             self.settings.mqtt_broker,
             self.settings.mqtt_port,
             keepalive=self.settings.mqtt_keepalive_s,
+            clean_start=self.settings.session_expiry_s == 0,
             properties=self._connect_properties(),
         )
 

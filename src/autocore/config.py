@@ -171,6 +171,10 @@ KEYS: tuple[Key, ...] = (
         "a pending command older than this expires instead of being sent, s"),
     Key("AUTOCORE_COMMAND_POLL_INTERVAL", "command_poll_interval_s", "0.02", _number(0),
         "shortest time between two checks for new commands, s"),
+    Key("AUTOCORE_SESSION_EXPIRY", "session_expiry_s", "3600", _integer(0, 4294967295),
+        "how long the broker keeps the gateway's session (and queues QoS 1 messages) while it is away, s"),
+    Key("AUTOCORE_DEDUP_RETENTION", "dedup_retention_s", "86400", _number(0),
+        "how long idempotency keys of stored QoS 1 messages are kept, s"),
     Key("MQTT_TLS_CA_FILE", "tls_ca_file", None, _optional_file(), "CA bundle: enables TLS"),
     Key("MQTT_TLS_CERT_FILE", "tls_cert_file", None, _optional_file(), "client certificate (PEM)"),
     Key("MQTT_TLS_KEY_FILE", "tls_key_file", None, _optional_file(), "client private key (PEM)"),
@@ -210,6 +214,8 @@ class Settings:
     device_cache_size: int
     command_max_age_s: float
     command_poll_interval_s: float
+    session_expiry_s: int
+    dedup_retention_s: float
     tls_ca_file: str | None
     tls_cert_file: str | None
     tls_key_file: str | None

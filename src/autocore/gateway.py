@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -28,15 +28,15 @@ from autocore.pipeline import Pipeline
 from autocore.registry import Registry, mark_gateway_offline, register_gateway
 from autocore.reports import ErrorReporter
 from autocore.ringbuffer import Ring
-from autocore.schema import ensure_schema
-from autocore.storage import Database, TelemetryItem, open_engine
+from autocore.schema import ensure_schema, local_now
+from autocore.storage import Database, open_engine, prune_message_keys
 
 log = logging.getLogger(__name__)
 
 #: Period of the housekeeping tick (last_seen flush, heartbeat due check).
 TICK_S = 1.0
-#: Longest wait for the broker to confirm the unsubscribe at shutdown.
-UNSUBSCRIBE_TIMEOUT_S = 2.0
+#: How often idempotency keys past their retention are pruned.
+PRUNE_INTERVAL_S = 3600.0
 #: Longest wait for the broker to acknowledge the offline status at shutdown.
 OFFLINE_ACK_TIMEOUT_S = 3.0
 #: Longest wait for queued telemetry to reach the database at shutdown.
@@ -46,13 +46,11 @@ FLUSH_TIMEOUT_S = 10.0
 class Gateway:
     """One running gateway; ``await run()`` returns the process exit code."""
 
-    def __init__(self, settings: Settings,
-                 on_committed: Callable[[list[TelemetryItem]], None] | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self.stop_requested = asyncio.Event()
         self.started_monotonic = time.monotonic()
-        self._on_committed = on_committed
         self.db: Database | None = None
         self.client: MqttClient | None = None
         self.registry: Registry | None = None
@@ -98,9 +96,11 @@ class Gateway:
         if created:
             log.info("created missing tables: %s", ", ".join(created))
         ring = Ring(settings.ring_capacity, "drop_oldest")
+        # The broker sends at most MAX_CONCURRENT_MESSAGES unacknowledged QoS 1/2
+        # messages (receive maximum), so this ring cannot fill while it honours that.
+        reliable = Ring(max(4 * settings.max_concurrent_messages, 256), "reject")
         self.db = Database(engine, ring, settings.telemetry_batch_size,
-                           settings.telemetry_flush_interval_s)
-        self.db.on_committed = self._on_committed
+                           settings.telemetry_flush_interval_s, reliable)
         self.db.start()
         await self.db.call(register_gateway, settings.gateway_uuid, __version__)
         self.db.post(write_event, "system", "gateway", "startup", {"timestamp": utc_timestamp()})
@@ -115,6 +115,9 @@ class Gateway:
         reporter = ErrorReporter(settings.gateway_uuid, self._publish)
         self.reporter = reporter
         self.pipeline = Pipeline(settings, self.db, self.registry, self.metrics, reporter, self._publish)
+        self.pipeline.ack = self.client.ack
+        loop = asyncio.get_running_loop()
+        self.db.on_acks = lambda acks: loop.call_soon_threadsafe(self._ack_committed, acks)
         self.client.will_set(topics.status_topic(settings.gateway_uuid),
                              status.last_will(settings.gateway_uuid, utc_timestamp()))
         self.client.on_connected = self._on_connected
@@ -146,7 +149,14 @@ class Gateway:
             name: str | bytes = message.topic
         except UnicodeDecodeError:
             name = bytes(getattr(message, "_topic", b""))
-        self.pipeline.handle(name, message.payload, message.retain)
+        self.pipeline.handle(name, message.payload, message.retain, message.qos, message.mid,
+                             bool(message.dup))
+
+    def _ack_committed(self, acks: list[tuple[int, int]]) -> None:
+        """Rows are committed: now the broker may forget these QoS 1/2 messages."""
+        assert self.client is not None
+        for mid, qos in acks:
+            self.client.ack(mid, qos)
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_monotonic
@@ -154,10 +164,15 @@ class Gateway:
     # -- running ---------------------------------------------------------------------
 
     async def _housekeeping(self) -> None:
-        assert self.registry is not None and self.client is not None
+        assert self.registry is not None and self.client is not None and self.db is not None
         self._next_heartbeat = 0.0
+        next_prune = time.monotonic()
         while True:
             now = time.monotonic()
+            if now >= next_prune:
+                next_prune = now + PRUNE_INTERVAL_S
+                self.db.post(prune_message_keys,
+                             local_now() - timedelta(seconds=self.settings.dedup_retention_s))
             if now >= self._next_heartbeat:
                 self._next_heartbeat = now + self.settings.heartbeat_interval_s
                 self.registry.sweep()
@@ -178,18 +193,19 @@ class Gateway:
     async def _shutdown(self) -> None:
         assert self.pipeline is not None and self.client is not None and self.registry is not None
         log.info("stopping: flushing telemetry and publishing offline status")
-        # Messages the broker sent before the UNSUBACK are still processed, none after.
-        await self.client.unsubscribe_all(UNSUBSCRIBE_TIMEOUT_S)
+        # From here on messages are left unacknowledged: the broker keeps QoS 1/2
+        # ones in our session and delivers them after the restart.
         self.pipeline.accepting = False
         await self.pipeline.drain_tasks(2.0)
         self.registry.flush_last_seen(force=True)
+        self.outbox.stop()
+        await self._stop_database()  # commits what was received; acks are queued on the loop
+        await asyncio.sleep(0)
         uuid = self.settings.gateway_uuid
         if self.client.is_connected:
             info = self._publish(topics.status_topic(uuid), status.shutdown(uuid), status.STATUS_QOS, True)
             if not await self.client.wait_published(info, OFFLINE_ACK_TIMEOUT_S):
                 log.warning("broker did not acknowledge the offline status in time")
-        self.outbox.stop()
-        await self._stop_database()
         await self.client.close()
         log.info("stopped")
 

@@ -9,9 +9,10 @@ Handlers that need the database hand work to the DB thread and return.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
 
@@ -40,6 +41,28 @@ _SILENT_REJECT_KINDS = frozenset({kinds.RESPONSE})
 Publish = Callable[[str, bytes, int, bool], Any]
 
 
+class Delivery(NamedTuple):
+    """How a message arrived: what the handlers need besides its validated content."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+    qos: int
+    mid: int
+    dup: bool
+
+
+def _dedup_key(uuid: str, delivery: Delivery) -> str:
+    """Idempotency key of a QoS 1/2 message: the same bytes from the same device on the same topic."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(uuid.encode())
+    digest.update(b"\0")
+    digest.update(delivery.topic.encode())
+    digest.update(b"\0")
+    digest.update(delivery.payload)
+    return digest.hexdigest()
+
+
 class Pipeline:
     """Routes each incoming MQTT message to its handler."""
 
@@ -59,7 +82,9 @@ class Pipeline:
         self.accepting = True
         #: Command outbox to notify of responses and relay states (set by the gateway).
         self.outbox: Any = None
-        self._handlers: dict[str, Callable[[Message, bool], None]] = {
+        #: Acknowledges a QoS 1/2 message: ``ack(mid, qos)`` (set by the gateway).
+        self.ack: Callable[[int, int], None] = lambda mid, qos: None
+        self._handlers: dict[str, Callable[[Message, Delivery], bool | None]] = {
             kinds.TELEMETRY: self._on_telemetry,
             kinds.RELAY_TELEMETRY: self._on_relay_state,
             kinds.RELAY_STATE: self._on_relay_state,
@@ -73,31 +98,45 @@ class Pipeline:
 
     # -- entry point -------------------------------------------------------------
 
-    def handle(self, topic_name: str | bytes, payload: bytes, retained: bool = False) -> None:
-        """Process one message; never raises."""
-        metrics = self.metrics
-        metrics.received += 1
+    def handle(self, topic_name: str | bytes, payload: bytes, retained: bool = False,
+               qos: int = 0, mid: int = 0, dup: bool = False) -> None:
+        """Process one message and acknowledge it (QoS 1/2) unless its rows still await a commit.
+
+        Never raises. Once intake has stopped (shutdown), messages are left
+        unacknowledged, so the broker delivers QoS 1/2 ones again next session.
+        """
+        self.metrics.received += 1
         if not self.accepting:
             return
+        deferred = False
+        try:
+            deferred = self._process(topic_name, payload, retained, qos, mid, dup)
+        finally:
+            if qos and not deferred:
+                self.ack(mid, qos)
+
+    def _process(self, topic_name: str | bytes, payload: bytes, retained: bool, qos: int, mid: int,
+                 dup: bool) -> bool:
+        metrics = self.metrics
         try:
             if isinstance(topic_name, bytes):
                 topic_name = topic_name.decode("utf-8")
         except UnicodeDecodeError:
             self._reject("not_utf8_topic", "", repr(topic_name), kinds.INVALID)
-            return
+            return False
         topic = topics.parse_topic(topic_name)
         if topic.reason:
             self._reject(topic.reason, "", topic_name, kinds.INVALID)
-            return
+            return False
         uuid = topic.uuid
-        if uuid and not self._admit(uuid, topic_name):
-            return
+        if uuid and not self._admit(uuid, topic_name, qos):
+            return False
         result = self.validator.validate(topic, payload)
         if not isinstance(result, Message):
             self._reject(result.reason, result.uuid, topic_name, result.kind, result.path)
-            return
-        if not uuid and result.uuid and not self._admit(result.uuid, topic_name):
-            return
+            return False
+        if not uuid and result.uuid and not self._admit(result.uuid, topic_name, qos):
+            return False
         metrics.accepted += 1
         metrics.received_by_kind[result.kind] += 1
         if not result.version_ok and not self._is_gateway(result.uuid):
@@ -105,17 +144,25 @@ class Pipeline:
         handler = self._handlers.get(result.kind)
         if handler is None:
             log.debug("topic=%s kind=%s: no action", topic_name, result.kind)
-            return
+            return False
+        delivery = Delivery(topic_name, payload, retained, qos, mid, dup)
         try:
-            handler(result, retained)
+            return bool(handler(result, delivery))
         except Exception:
             metrics.handler_failures += 1
             log.exception("handler for topic=%s failed", topic_name)
+            return False
 
     # -- bookkeeping ----------------------------------------------------------------
 
-    def _admit(self, uuid: str, topic_name: str) -> bool:
-        if self.limiter.allow(uuid):
+    def _admit(self, uuid: str, topic_name: str, qos: int) -> bool:
+        """Apply the device's token bucket to QoS 0 messages.
+
+        QoS 1/2 messages take tokens too but are never dropped: the broker
+        already paces them (receive maximum, acknowledged after commit), and a
+        backlog redelivered after an outage must not be thrown away.
+        """
+        if self.limiter.allow(uuid) or qos:
             return True
         self.metrics.limited(uuid)
         self.reporter.report("ERR_005", "Rate limit exceeded", uuid, topic=topic_name,
@@ -162,30 +209,41 @@ class Pipeline:
 
     # -- handlers --------------------------------------------------------------------
 
-    def _on_telemetry(self, message: Message, retained: bool) -> None:
+    def _on_telemetry(self, message: Message, delivery: Delivery) -> bool:
+        """Queue the rows; a QoS 1/2 message is acknowledged only after they are committed."""
         device = self.registry.get(message.uuid)
         rows = message.rows
+        deferred = False
         if rows:
-            item = TelemetryItem(device.id if device else None, message.uuid, local_now(), rows)
-            if self.db.push_telemetry(item):
+            device_id = device.id if device else None
+            if delivery.qos:
+                item = TelemetryItem(device_id, message.uuid, local_now(), rows,
+                                     (delivery.mid, delivery.qos), _dedup_key(message.uuid, delivery),
+                                     delivery.dup)
+                deferred = stored = self.db.push_reliable(item)
+            else:
+                item = TelemetryItem(device_id, message.uuid, local_now(), rows)
+                stored = self.db.push_telemetry(item)
+            if stored:
                 self.metrics.telemetry_messages += 1
                 self.metrics.telemetry_rows += len(rows)
             else:
                 self.metrics.telemetry_dropped += 1
         if device is not None:
-            self.registry.seen(device, touch=not retained)
+            self.registry.seen(device, touch=not delivery.retained)
         elif not self.registry.known_unknown(message.uuid):
-            self._spawn(self._seen_later(message.uuid, retained))
+            self._spawn(self._seen_later(message.uuid, delivery.retained))
+        return deferred
 
     async def _seen_later(self, uuid: str, retained: bool) -> None:
         device = await self.registry.resolve(uuid)
         if device is not None:
             self.registry.seen(device, touch=not retained)
 
-    def _on_relay_state(self, message: Message, retained: bool) -> None:
-        self._on_telemetry(message, retained)
-        if self.outbox is None or retained:
-            return
+    def _on_relay_state(self, message: Message, delivery: Delivery) -> bool:
+        deferred = self._on_telemetry(message, delivery)
+        if self.outbox is None or delivery.retained:
+            return deferred
         data = message.data or {}
         states = {}
         channels = data.get("channels")
@@ -197,11 +255,12 @@ class Pipeline:
             states = {data["channel"]: data["state"]}
         if states:
             self.outbox.on_relay_states(message.uuid, states)
+        return deferred
 
-    def _on_status(self, message: Message, retained: bool) -> None:
+    def _on_status(self, message: Message, delivery: Delivery) -> None:
         if self._is_gateway(message.uuid):
             return
-        self._spawn(self._status(message, retained))
+        self._spawn(self._status(message, delivery.retained))
 
     async def _status(self, message: Message, retained: bool) -> None:
         device = await self.registry.resolve(message.uuid)
@@ -216,17 +275,17 @@ class Pipeline:
         else:
             self.registry.seen(device, touch=not retained)
 
-    def _on_announce(self, message: Message, retained: bool) -> None:
+    def _on_announce(self, message: Message, delivery: Delivery) -> None:
         self._spawn(self.registry.announce(message.uuid, message.data or {}))
 
-    def _on_discovery(self, message: Message, retained: bool) -> None:
+    def _on_discovery(self, message: Message, delivery: Delivery) -> None:
         device_uuid = (message.data or {}).get("device_uuid")
         if not isinstance(device_uuid, str) or self.registry.get(device_uuid) is not None:
             return
         if self._log_throttle.allow((device_uuid, "discovery")):
             self.db.post(write_event, "discovery", "gateway", "device_found", message.data)
 
-    def _on_response(self, message: Message, retained: bool) -> None:
+    def _on_response(self, message: Message, delivery: Delivery) -> None:
         data = message.data or {}
         if self.outbox is not None and self.outbox.on_response(message.uuid, data):
             return
@@ -234,15 +293,15 @@ class Pipeline:
         if self._log_throttle.allow((message.uuid, "unknown_command")):
             log.warning("device=%s response to unknown command %s", message.uuid, data.get("command_id"))
 
-    def _on_mode(self, message: Message, retained: bool) -> None:
+    def _on_mode(self, message: Message, delivery: Delivery) -> None:
         data = message.data or {}
         log.info("mode=%s status=%s source=%s", message.sub, data.get("status", "active"),
                  data.get("source", "unknown"))
 
     # -- relay commands (S8 -> relays/set) ----------------------------------------------
 
-    def _on_relay_command(self, message: Message, retained: bool) -> None:
-        if retained:  # a stale retained command must never switch a relay
+    def _on_relay_command(self, message: Message, delivery: Delivery) -> None:
+        if delivery.retained:  # a stale retained command must never switch a relay
             return
         self._spawn(self._relay_command(message))
 

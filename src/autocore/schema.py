@@ -128,10 +128,20 @@ gateway_commands = Table(
     Index("idx_gateway_commands_status", "status", "created_at"),
 )
 
+# autocore's own table: idempotency keys of QoS 1 messages already stored, so a
+# broker redelivery after a crash (before the acknowledgement left) is not
+# stored twice. Pruned after AUTOCORE_DEDUP_RETENTION.
+gateway_message_keys = Table(
+    "gateway_message_keys", metadata,
+    Column("message_key", String(64), primary_key=True),  # "<device uuid>:<payload digest>"
+    Column("received_at", DateTime, nullable=False),
+    Index("idx_gateway_message_keys_received", "received_at"),
+)
+
 #: Tables of the shared schema the gateway reads or writes (it may create them when absent).
 SHARED_TABLES = ("devices", "telemetry_data", "event_logs", "relay_boards", "relay_channels")
 #: Tables that belong to autocore alone.
-OWN_TABLES = ("gateway_commands",)
+OWN_TABLES = ("gateway_commands", "gateway_message_keys")
 
 
 def local_now() -> datetime:

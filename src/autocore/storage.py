@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, delete, event, select
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from autocore.config import Settings
 from autocore.errors import StorageError
 from autocore.filewatch import FileWatch, start_watch
-from autocore.schema import devices, telemetry_data
+from autocore.ringbuffer import Ring
+from autocore.schema import devices, gateway_message_keys, telemetry_data
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ class TelemetryItem(NamedTuple):
     uuid: str
     received_at: datetime  # naive local receive time, the rows' timestamp
     rows: list[tuple[str, str, str, str | None]]
+    ack: Any = None  # QoS 1/2 token to acknowledge once the rows are committed
+    dedup_key: str | None = None  # idempotency key of a QoS 1/2 message
+    redelivered: bool = False  # MQTT DUP flag: may already be stored
 
 
 def database_url(settings: Settings) -> str:
@@ -107,6 +110,20 @@ def _telemetry_insert(engine: Engine) -> tuple[str, Callable[[datetime], Any]]:
     return sql, lambda moment: moment
 
 
+def _key_insert(engine: Engine) -> tuple[str, str]:
+    """INSERT-if-absent and lookup statements for idempotency keys, in the driver's paramstyle."""
+    marker = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    table = gateway_message_keys.name
+    insert_sql = (f"INSERT INTO {table} (message_key, received_at) VALUES ({marker}, {marker}) "
+                  "ON CONFLICT (message_key) DO NOTHING")
+    return insert_sql, f"SELECT 1 FROM {table} WHERE message_key = {marker}"
+
+
+def prune_message_keys(conn: Connection, older_than: datetime) -> None:
+    """Forget idempotency keys past their retention (DB-thread job)."""
+    conn.execute(delete(gateway_message_keys).where(gateway_message_keys.c.received_at < older_than))
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -126,16 +143,21 @@ class Job(NamedTuple):
 class Database:
     """Owns the engine and the single database thread.
 
-    ``push_telemetry`` and ``post`` are the only calls the event loop makes;
-    both return at once. ``call`` returns an awaitable future.
+    ``push_telemetry``, ``push_reliable`` and ``post`` are the only calls the
+    event loop makes; they return at once. ``call`` returns an awaitable future.
+    Best-effort (QoS 0) telemetry and QoS 1/2 telemetry use separate rings, so
+    the drop-oldest policy of the first can never evict a message whose
+    acknowledgement the broker is still waiting for.
     """
 
-    def __init__(self, engine: Engine, ring: Any, batch_rows: int, flush_interval_s: float) -> None:
+    def __init__(self, engine: Engine, ring: Any, batch_rows: int, flush_interval_s: float,
+                 reliable_ring: Any = None) -> None:
         self.engine = engine
         self.ring = ring
+        self.reliable_ring = reliable_ring if reliable_ring is not None else Ring(1024, "reject")
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
-        self._jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._jobs: deque[Job] = deque()  # append/popleft are thread-safe
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -148,14 +170,18 @@ class Database:
         self.rows_unknown_device = 0
         self.last_commit_monotonic = 0.0
         self.last_batch_seconds = 0.0
-        #: Called on the DB thread after each committed batch with the items written.
-        self.on_committed: Callable[[list[TelemetryItem]], None] | None = None
+        #: Called on the DB thread with the ack tokens of each committed batch.
+        self.on_acks: Callable[[list[Any]], None] | None = None
+        self.duplicates_skipped = 0
+        self.job_retries = 0
+        self._job_retry_s = RETRY_MIN_S
         self._pollers: list[list[Any]] = []  # [fn, interval_s, next_due]
         self._poll_conn: Connection | None = None  # DB thread only, reused by every poll
         self._watch: FileWatch | None = None
         self._changed = True  # another process wrote the file (set by the watch thread)
         self._idle = False  # the DB thread is in its long idle wait
         self._insert_sql, self._stamp = _telemetry_insert(engine)
+        self._key_insert = _key_insert(engine)
 
     # -- event-loop side ---------------------------------------------------
 
@@ -167,21 +193,29 @@ class Database:
             self._wake.set()
         return stored
 
+    def push_reliable(self, item: TelemetryItem) -> bool:
+        """Queue a QoS 1/2 telemetry message without ever evicting; False when full (not acked)."""
+        was_empty = not len(self.reliable_ring)
+        stored = bool(self.reliable_ring.offer(item))
+        if was_empty:
+            self._wake.set()
+        return stored
+
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(conn, *args)`` on the DB thread in a transaction; errors are logged."""
-        self._jobs.put(Job(fn, args, None, None))
+        self._jobs.append(Job(fn, args, None, None))
         self._wake.set()
 
     def post_plain(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the DB thread without a connection (thread-owned state)."""
-        self._jobs.put(Job(fn, args, None, None, transaction=False))
+        self._jobs.append(Job(fn, args, None, None, transaction=False))
         self._wake.set()
 
     def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``fn(conn, *args)`` on the DB thread; await the returned future for its result."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put(Job(fn, args, future, loop))
+        self._jobs.append(Job(fn, args, future, loop))
         self._wake.set()
         return future
 
@@ -232,7 +266,7 @@ class Database:
             self._run_jobs()
             next_poll = self._run_pollers()
             if pending_rows < MAX_BATCH_ROWS:
-                items = self.ring.drain(MAX_BATCH_ROWS)
+                items = self.reliable_ring.drain(MAX_BATCH_ROWS) + self.ring.drain(MAX_BATCH_ROWS)
                 if items:
                     if not pending:
                         oldest = time.monotonic()
@@ -255,36 +289,59 @@ class Database:
                 time.sleep(retry_s)
                 retry_s = min(retry_s * 2, RETRY_MAX_S)
                 continue
-            if stopping and not pending and not len(self.ring) and self._jobs.empty():
+            if stopping and not pending and not self._queued() and not self._jobs:
                 self._close_poll_conn()
                 return
-            busy = bool(pending or len(self.ring))
+            busy = bool(pending or self._queued())
             self._idle = not busy
             self._wake.wait(max(0.0, min(WRITE_COALESCE_S if busy else IDLE_WAIT_S,
                                          next_poll - time.monotonic())))
             self._idle = False
             self._wake.clear()
 
+    def _queued(self) -> int:
+        return len(self.ring) + len(self.reliable_ring)
+
     def _run_jobs(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                return
+        """Run queued jobs in order; a job that meets a locked or failing database waits and retries.
+
+        Status changes and event rows must not be lost because the Config App
+        held the database for a while, so a transient error puts the job back
+        at the head of the queue and the thread backs off (telemetry keeps
+        buffering in the rings meanwhile).
+        """
+        while self._jobs:
+            job = self._jobs.popleft()
             try:
                 if job.transaction:
                     with self.engine.begin() as conn:
                         result = job.fn(conn, *job.args)
                 else:
                     result = job.fn(*job.args)
-            except Exception as exc:  # a job must never kill the thread
-                if job.future is None:
-                    log.warning("database job %s failed: %s", job.fn.__name__, exc)
-                else:
-                    self._resolve(job, None, exc)
+            except OperationalError as exc:
+                self.job_retries += 1
+                self._jobs.appendleft(job)
+                if self._job_retry_s >= RETRY_MAX_S and self._stopping.is_set():
+                    self._jobs.popleft()
+                    self._fail_job(job, exc)
+                    continue
+                log.warning("database job %s failed, will retry in %.1fs: %s",
+                            job.fn.__name__, self._job_retry_s, exc)
+                time.sleep(self._job_retry_s)
+                self._job_retry_s = min(self._job_retry_s * 2, RETRY_MAX_S)
+                return
+            except Exception as exc:  # a bad job must never kill the thread
+                self._fail_job(job, exc)
             else:
+                self._job_retry_s = RETRY_MIN_S
                 if job.future is not None:
                     self._resolve(job, result, None)
+
+    def _fail_job(self, job: Job, exc: BaseException) -> None:
+        if job.future is None:
+            log.error("database job %s failed: %s", job.fn.__name__, exc)
+        else:
+            self._resolve(job, None, exc)
 
     def _run_pollers(self) -> float:
         """Run the pollers that are due; return when the next one is."""
@@ -348,8 +405,9 @@ class Database:
         self.batches_written += 1
         self.last_commit_monotonic = time.monotonic()
         self.last_batch_seconds = self.last_commit_monotonic - started
-        if self.on_committed is not None:
-            self.on_committed(items)
+        acks = [item.ack for item in items if item.ack is not None]
+        if acks and self.on_acks is not None:
+            self.on_acks(acks)
         return True
 
     def _rows_for(self, conn: Connection, items: list[TelemetryItem]) -> list[tuple[Any, ...]]:
@@ -357,6 +415,9 @@ class Database:
         rows: list[tuple[Any, ...]] = []
         stamp = self._stamp
         for item in items:
+            if item.dedup_key is not None and not self._first_delivery(conn, item):
+                self.duplicates_skipped += 1
+                continue
             device_id = item.device_id
             if device_id is None:
                 device_id = self._device_id(conn, item.uuid)
@@ -367,6 +428,20 @@ class Database:
             rows.extend([(ts, device_id, data_type, key, value, unit)
                          for data_type, key, value, unit in item.rows])
         return rows
+
+    def _first_delivery(self, conn: Connection, item: TelemetryItem) -> bool:
+        """Record the message's idempotency key; False when a redelivery was already stored.
+
+        Only redeliveries (DUP flag) are checked, so two identical readings sent
+        within the same second both count; the key of every QoS 1 message is
+        kept, in the same transaction as its rows.
+        """
+        if item.redelivered:
+            seen = conn.exec_driver_sql(self._key_insert[1], (item.dedup_key,)).first()
+            if seen is not None:
+                return False
+        conn.exec_driver_sql(self._key_insert[0], (item.dedup_key, self._stamp(item.received_at)))
+        return True
 
     def _device_id(self, conn: Connection, uuid: str) -> int | None:
         cached = self._device_ids.get(uuid)
@@ -403,5 +478,7 @@ class Database:
             "batches_written": self.batches_written,
             "write_errors": self.write_errors,
             "rows_unknown_device": self.rows_unknown_device,
+            "duplicates_skipped": self.duplicates_skipped,
             "ring": self.ring.stats(),
+            "reliable_ring": self.reliable_ring.stats(),
         }
