@@ -100,7 +100,7 @@ class Gateway:
         # messages (receive maximum), so this ring cannot fill while it honours that.
         reliable = Ring(max(4 * settings.max_concurrent_messages, 256), "reject")
         self.db = Database(engine, ring, settings.telemetry_batch_size,
-                           settings.telemetry_flush_interval_s, reliable)
+                           settings.telemetry_flush_interval_s, reliable, settings.write_interval_s)
         self.db.start()
         await self.db.call(register_gateway, settings.gateway_uuid, __version__)
         self.db.post(write_event, "system", "gateway", "startup", {"timestamp": utc_timestamp()})

@@ -34,11 +34,14 @@ log = logging.getLogger(__name__)
 
 #: How long SQLite waits for another writer (the Config App) before failing.
 SQLITE_BUSY_TIMEOUT_MS = 5000
-#: While telemetry is pending the writer looks at the ring this often, so one
-#: commit carries everything that arrived meanwhile: SQLite's per-commit cost
-#: dominates small batches (17 us/row at 40 rows per commit, 9 us at 400, on
-#: the 2-core benchmark machine), and 20 ms keeps p95 latency well under 50 ms.
-WRITE_COALESCE_S = 0.02
+#: Default shortest time between two telemetry commits (AUTOCORE_WRITE_INTERVAL):
+#: one commit then carries everything that arrived meanwhile. SQLite's
+#: per-commit cost dominates small batches (17 us/row at 40 rows per commit,
+#: 9 us at 400, on the 2-core benchmark machine); 20 ms keeps p95 latency well
+#: under 50 ms.
+WRITE_INTERVAL_S = 0.02
+#: Messages taken from each ring per batch.
+MAX_BATCH_MESSAGES = 2000
 #: Longest sleep of an idle writer; pushes and jobs wake it earlier.
 IDLE_WAIT_S = 1.0
 #: Most rows written in one transaction.
@@ -151,12 +154,13 @@ class Database:
     """
 
     def __init__(self, engine: Engine, ring: Any, batch_rows: int, flush_interval_s: float,
-                 reliable_ring: Any = None) -> None:
+                 reliable_ring: Any = None, write_interval_s: float = WRITE_INTERVAL_S) -> None:
         self.engine = engine
         self.ring = ring
         self.reliable_ring = reliable_ring if reliable_ring is not None else Ring(1024, "reject")
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
+        self.write_interval_s = write_interval_s
         self._jobs: deque[Job] = deque()  # append/popleft are thread-safe
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -179,7 +183,9 @@ class Database:
         self._poll_conn: Connection | None = None  # DB thread only, reused by every poll
         self._watch: FileWatch | None = None
         self._changed = True  # another process wrote the file (set by the watch thread)
-        self._idle = False  # the DB thread is in its long idle wait
+        # Set by the DB thread while its next decision depends on new data: only
+        # then does a push (or a file change) need to wake it.
+        self._wake_on_push = False
         self._insert_sql, self._stamp = _telemetry_insert(engine)
         self._key_insert = _key_insert(engine)
 
@@ -187,17 +193,15 @@ class Database:
 
     def push_telemetry(self, item: TelemetryItem) -> bool:
         """Queue a telemetry message; False when the ring refused it."""
-        was_empty = not len(self.ring)
         stored = bool(self.ring.push(item))
-        if was_empty:
+        if self._wake_on_push:
             self._wake.set()
         return stored
 
     def push_reliable(self, item: TelemetryItem) -> bool:
         """Queue a QoS 1/2 telemetry message without ever evicting; False when full (not acked)."""
-        was_empty = not len(self.reliable_ring)
         stored = bool(self.reliable_ring.offer(item))
-        if was_empty:
+        if self._wake_on_push:
             self._wake.set()
         return stored
 
@@ -230,7 +234,7 @@ class Database:
 
     def _file_changed(self) -> None:
         self._changed = True
-        if self._idle:  # a busy writer polls within WRITE_COALESCE_S anyway
+        if self._wake_on_push:  # a busy writer polls within its write interval anyway
             self._wake.set()
 
     # -- lifecycle ----------------------------------------------------------
@@ -258,29 +262,36 @@ class Database:
     # -- database thread ----------------------------------------------------
 
     def _run(self) -> None:
+        """Commit telemetry in batches, at most once per write interval, and run jobs in between.
+
+        Rows are taken from the rings only when a commit may follow, so a busy
+        ring never wakes the thread per message; an idle writer (or one holding
+        fewer rows than the batch size) asks to be woken by the next push.
+        """
         pending: list[TelemetryItem] = []
         pending_rows = 0
         oldest = 0.0
+        last_commit = 0.0
         retry_s = RETRY_MIN_S
         while True:
             self._run_jobs()
             next_poll = self._run_pollers()
-            if pending_rows < MAX_BATCH_ROWS:
-                items = self.reliable_ring.drain(MAX_BATCH_ROWS) + self.ring.drain(MAX_BATCH_ROWS)
+            stopping = self._stopping.is_set()
+            now = time.monotonic()
+            spaced = stopping or now - last_commit >= self.write_interval_s
+            if spaced and pending_rows < MAX_BATCH_ROWS:
+                items = self.reliable_ring.drain(MAX_BATCH_MESSAGES) + self.ring.drain(MAX_BATCH_MESSAGES)
                 if items:
                     if not pending:
-                        oldest = time.monotonic()
+                        oldest = now
                     pending.extend(items)
                     pending_rows += sum(len(item.rows) for item in items)
-            stopping = self._stopping.is_set()
-            due = pending and (
-                pending_rows >= self.batch_rows
-                or time.monotonic() - oldest >= self.flush_interval_s
-                or stopping
-            )
-            if due:
+            wanted = bool(pending) and (
+                stopping or pending_rows >= self.batch_rows or now - oldest >= self.flush_interval_s)
+            if wanted and spaced:
                 if self._write_batch(pending):
                     pending, pending_rows, retry_s = [], 0, RETRY_MIN_S
+                    last_commit = time.monotonic()
                     continue
                 if stopping and retry_s >= RETRY_MAX_S:
                     log.error("giving up on %d telemetry messages at shutdown", len(pending))
@@ -292,11 +303,18 @@ class Database:
             if stopping and not pending and not self._queued() and not self._jobs:
                 self._close_poll_conn()
                 return
-            busy = bool(pending or self._queued())
-            self._idle = not busy
-            self._wake.wait(max(0.0, min(WRITE_COALESCE_S if busy else IDLE_WAIT_S,
-                                         next_poll - time.monotonic())))
-            self._idle = False
+            if wanted or (self._queued() and not spaced):  # only the write interval holds us back
+                timeout, wake_on_push = last_commit + self.write_interval_s - now, False
+            elif pending:  # below the batch size: the next push or the age limit decides
+                timeout, wake_on_push = oldest + self.flush_interval_s - now, True
+            else:
+                timeout, wake_on_push = IDLE_WAIT_S, True
+            self._wake_on_push = wake_on_push
+            if wake_on_push and self._queued():  # a push raced the decision
+                self._wake_on_push = False
+                continue
+            self._wake.wait(max(0.0, min(timeout, next_poll - now)))
+            self._wake_on_push = False
             self._wake.clear()
 
     def _queued(self) -> int:
