@@ -13,6 +13,7 @@ the commit time of each row is read from the database by a reader that polls
     python benchmarks/e2e.py --ceiling            # flood: stored rate vs a raw paho subscriber
     python benchmarks/e2e.py --ramp               # highest zero-loss rate with p99 <= 100 ms
     python benchmarks/e2e.py --soak 30            # 50 devices x 10 Hz for 30 minutes, RSS slope
+    python benchmarks/e2e.py --commands 100       # command pick-up latency (row -> published)
     python benchmarks/e2e.py --smoke              # a few seconds, used by CI
 
 Results print as a table and as one JSON line each (``--json FILE`` appends them).
@@ -34,6 +35,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -314,6 +316,60 @@ def run_raw(broker: Mosquitto, devices: int, rate_hz: float, duration_s: float) 
     return result
 
 
+def run_commands(broker: Mosquitto, build: str, count: int, spacing_s: float = 0.1) -> Result:
+    """Insert command rows one by one, as the Config App does, against a relay board that confirms.
+
+    Reports pick-up latency (row created -> marked sent, i.e. published) and
+    round trip (created -> acknowledged by the board's relay state).
+    """
+    with tempfile.TemporaryDirectory(prefix="autocore-bench-") as folder:
+        workdir = Path(folder)
+        db_path = workdir / "autocore.db"
+        make_database(db_path, 1)
+        with sqlite3.connect(db_path) as conn:
+            conn.execute("UPDATE devices SET type='esp32_relay'")
+        gateway = start_gateway(broker, db_path, build, workdir)
+        board = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-board")
+        channels = {str(ch): False for ch in range(1, 17)}
+
+        def on_set(client: mqtt.Client, _userdata: object, message: mqtt.MQTTMessage) -> None:
+            body = json.loads(message.payload)
+            channels[str(body["channel"])] = body["command"] == "on"
+            client.publish("autocore/devices/bench-0000/relays/state", json.dumps(
+                {"protocol_version": "2.2.0", "uuid": "bench-0000", "channels": channels}), qos=1)
+
+        board.on_message = on_set
+        board.connect(broker.host, broker.port)
+        board.subscribe("autocore/devices/bench-0000/relays/set", 1)
+        board.loop_start()
+        board.publish("autocore/devices/bench-0000/status",
+                      json.dumps({"protocol_version": "2.2.0", "uuid": "bench-0000", "status": "online"}), qos=1)
+        time.sleep(1.0)
+        with sqlite3.connect(db_path) as conn:
+            for n in range(count):
+                conn.execute("INSERT INTO gateway_commands (device_uuid, command_type, payload, created_at, status)"
+                             " VALUES ('bench-0000', 'relay', ?, ?, 'pending')",
+                             (json.dumps({"channel": n % 16 + 1, "command": "on" if n % 2 else "off"}),
+                              time.strftime("%Y-%m-%d %H:%M:%S.") + f"{int(time.time() % 1 * 1e6):06d}"))
+                conn.commit()
+                time.sleep(spacing_s)
+        time.sleep(DRAIN_S)
+        board.loop_stop()
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(30)
+        with sqlite3.connect(db_path) as conn:
+            rows = conn.execute("SELECT created_at, sent_at, completed_at, status FROM gateway_commands").fetchall()
+    parse = datetime.fromisoformat
+    pickup = [(parse(s) - parse(c)).total_seconds() * 1000 for c, s, _d, _st in rows if s]
+    round_trip = [(parse(d) - parse(c)).total_seconds() * 1000 for c, _s, d, st in rows if d and st == "acked"]
+    result = Result("commands", build, 1, 1 / spacing_s, count * spacing_s, sent=count, stored=len(round_trip))
+    result.lost = count - len(round_trip)
+    result.p50_ms, result.p95_ms, result.p99_ms = (round(percentile(pickup, q), 2) for q in (0.5, 0.95, 0.99))
+    result.extra = {"round_trip_p50_ms": round(percentile(round_trip, 0.5), 2),
+                    "round_trip_p95_ms": round(percentile(round_trip, 0.95), 2)}
+    return result
+
+
 # -- reporting -------------------------------------------------------------------------
 
 
@@ -346,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling", action="store_true", help="flood; compare with raw paho")
     parser.add_argument("--ramp", action="store_true", help="find the highest clean rate")
     parser.add_argument("--soak", type=float, default=0.0, help="minutes at 50 devices x 10 Hz")
+    parser.add_argument("--commands", type=int, default=0, help="command rows to time (pick-up latency)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds; exits 1 if nothing is stored")
     parser.add_argument("--json", type=Path, default=None, help="append JSON lines to this file")
     args = parser.parse_args(argv)
@@ -358,7 +415,12 @@ def main(argv: list[str] | None = None) -> int:
             report(result, args.json)
             print(table([result]))
             return 0 if result.stored > 0 and result.lost == 0 else 1
-        if args.soak:
+        if args.commands:
+            for build in builds:
+                result = run_commands(broker, build, args.commands)
+                report(result, args.json)
+                results.append(result)
+        elif args.soak:
             for build in builds:
                 result = run_gateway(broker, build, 50, 10.0, args.soak * 60, mode="soak", sample_period_s=5.0)
                 report(result, args.json)
