@@ -4,7 +4,8 @@
 #   ./run.sh test [pytest options]          the whole test suite, compiled and pure builds
 # Installs Mosquitto (and the PostgreSQL server for the tests) with apt-get when
 # missing, creates a virtual environment ($AUTOCORE_VENV, default .venv) and
-# installs autocore into it with its Cython extensions compiled.
+# installs autocore into it with its Cython extensions compiled; the tests also
+# use a second one ($AUTOCORE_VENV-pure) holding the pure-Python build.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,16 +35,25 @@ have_postgres() {
 
 ensure_mosquitto() { have_mosquitto || apt_install mosquitto mosquitto-clients; }
 ensure_postgres() { have_postgres || apt_install postgresql; }
+ensure_openssl() { command -v openssl >/dev/null 2>&1 || apt_install openssl; }  # TLS test certificates
 
+# ensure_venv DIR BUILD: a virtual environment with autocore installed from this
+# tree, BUILD=compiled (Cython extensions required) or BUILD=pure.
 ensure_venv() {
-    if [ ! -x "$VENV/bin/python" ]; then
-        log "creating virtual environment $VENV"
-        "$PYTHON" -m venv "$VENV"
+    local venv="$1" build="$2"
+    if [ ! -x "$venv/bin/python" ]; then
+        log "creating virtual environment $venv"
+        "$PYTHON" -m venv "$venv"
     fi
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    log "installing autocore with its compiled extensions"
-    AUTOCORE_NO_EXTENSIONS= "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps . \
-        && "$VENV/bin/python" -m pip install -q ".[test]"
+    "$venv/bin/python" -m pip install -q --upgrade pip
+    log "installing autocore ($build build) into $venv"
+    if [ "$build" = compiled ]; then
+        AUTOCORE_NO_EXTENSIONS= AUTOCORE_REQUIRE_EXTENSIONS=1 \
+            "$venv/bin/python" -m pip install -q --force-reinstall --no-deps .
+    else
+        AUTOCORE_NO_EXTENSIONS=1 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps .
+    fi
+    "$venv/bin/python" -m pip install -q ".[test]"
 }
 
 cmd="${1:-}"
@@ -51,20 +61,21 @@ cmd="${1:-}"
 case "$cmd" in
     demo)
         ensure_mosquitto
-        ensure_venv
+        ensure_venv "$VENV" compiled
         exec "$VENV/bin/autocore" demo "$@"
         ;;
     test)
         ensure_mosquitto
         ensure_postgres
-        ensure_venv
+        ensure_openssl
+        ensure_venv "$VENV" compiled
+        ensure_venv "$VENV-pure" pure
         # Installed systems run at UTC-3: naive-local timestamps must hold there.
         export TZ="${AUTOCORE_TEST_TZ:-<-03>3}"
-        export AUTOCORE_EXPECT_EXTENSIONS=1
-        log "test leg 1/2: compiled build (both builds of the hot path)"
-        "$VENV/bin/python" -m pytest "$@"
-        log "test leg 2/2: AUTOCORE_NO_EXTENSIONS=1 (pure Python everywhere)"
-        AUTOCORE_NO_EXTENSIONS=1 AUTOCORE_EXPECT_EXTENSIONS= "$VENV/bin/python" -m pytest "$@"
+        log "test leg 1/2: compiled install (hot-path tests run against both builds)"
+        AUTOCORE_EXPECT_EXTENSIONS=1 "$VENV/bin/python" -m pytest "$@"
+        log "test leg 2/2: pure install with AUTOCORE_NO_EXTENSIONS=1"
+        AUTOCORE_NO_EXTENSIONS=1 "$VENV-pure/bin/python" -m pytest "$@"
         ;;
     *)
         echo "usage: ./run.sh demo [options] | ./run.sh test [pytest options]" >&2

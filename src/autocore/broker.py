@@ -101,6 +101,10 @@ class Mosquitto:
             "max_queued_messages 100000",
             *self.extra_config,
         ]
+        if os.geteuid() == 0:
+            # Started as root, Mosquitto would switch to its own user and then fail
+            # to read password files or write persistence in our private directory.
+            lines.append("user root")
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self) -> Mosquitto:

@@ -33,6 +33,8 @@ MISC_INTERVAL_S = 1.0
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 30.0
 RECONNECT_JITTER = 0.25
+#: Longest wait for a CONNACK after the TCP (and TLS) connection is up.
+CONNACK_WAIT_S = 5.0
 #: Messages paho may hold while the broker is away.
 MAX_QUEUED_MESSAGES = 10_000
 
@@ -108,17 +110,39 @@ class MqttClient:
         self.client.will_set(topic, payload, qos=qos, retain=retain)
 
     async def connect(self, timeout_s: float) -> None:
-        """Connect once and wait for CONNACK; raise BrokerError when it does not come."""
+        """Connect, retrying with backoff; raise BrokerError once ``timeout_s`` passes (0: never).
+
+        A refused CONNACK (bad credentials) and an untrusted certificate are
+        retried like an absent broker, with the cause in one warning line per
+        few attempts, so a misconfigured gateway neither crashes nor floods the log.
+        """
         self._misc_task = self._loop.create_task(self._misc_loop(), name="autocore-mqtt-misc")
-        try:
-            await self._loop.run_in_executor(None, self._connect_blocking)
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerError(f"cannot reach broker {self._where()}: {exc}") from exc
-        try:
-            await asyncio.wait_for(self.connected.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            reason = f": {self._last_refusal}" if self._last_refusal else ""
-            raise BrokerError(f"no CONNACK from broker {self._where()} in {timeout_s:g} s{reason}") from None
+        deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+        delay = RECONNECT_MIN_S
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._loop.run_in_executor(None, self._connect_blocking)
+                cause = "no CONNACK"
+                wait_s = CONNACK_WAIT_S if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    await asyncio.wait_for(self.connected.wait(), min(wait_s, CONNACK_WAIT_S))
+                    return
+                except asyncio.TimeoutError:
+                    cause = self._last_refusal or cause
+            except (OSError, ssl.SSLError) as exc:
+                cause = str(exc) or type(exc).__name__
+            if deadline is not None and time.monotonic() >= deadline:
+                raise BrokerError(f"cannot connect to broker {self._where()} within {timeout_s:g} s: {cause}")
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("cannot connect to broker %s (attempt %d): %s; retrying", self._where(),
+                            attempt, cause)
+            wait = delay * (1 + random.uniform(-RECONNECT_JITTER, RECONNECT_JITTER))
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, RECONNECT_MAX_S)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
         """Queue a publish; paho sends it as soon as the socket is writable."""
@@ -276,7 +300,7 @@ class MqttClient:
         self.subscribed.clear()
         if self._disconnected_since is None:
             self._disconnected_since = time.monotonic()
-        if self._closing:
+        if self._closing or not self._ever_connected:  # connect() retries the first connection
             return
         if was_connected:
             log.warning("lost broker %s: %s", self._where(), reason_code)
@@ -305,7 +329,7 @@ class MqttClient:
             await asyncio.sleep(wait)
             try:
                 await self._loop.run_in_executor(None, self._reconnect_blocking)
-            except (OSError, ssl.SSLError, mqtt.WebsocketConnectionError) as exc:
+            except (OSError, ssl.SSLError) as exc:
                 if attempt == 1 or attempt % 10 == 0:  # do not flood the log
                     log.warning("reconnect to %s failed (attempt %d): %s", self._where(), attempt, exc)
             else:

@@ -101,6 +101,16 @@ def _log_level() -> tuple[Callable[[str], str], str]:
     return parse, "one of " + ", ".join(_LOG_LEVELS)
 
 
+def _choice(*options: str) -> tuple[Callable[[str], str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError
+        return value
+
+    return parse, "one of " + ", ".join(options)
+
+
 def _optional_file() -> tuple[Callable[[str], str | None], str]:
     def parse(text: str) -> str | None:
         value = text.strip()
@@ -165,8 +175,8 @@ KEYS: tuple[Key, ...] = (
         "shortest time between two telemetry commits, s (batches what arrives meanwhile)"),
     Key("AUTOCORE_RING_CAPACITY", "ring_capacity", "20000", _integer(16, 10_000_000),
         "telemetry messages buffered for the database writer"),
-    Key("AUTOCORE_CONNECT_TIMEOUT", "connect_timeout_s", "10", _number(0),
-        "wait for the first CONNACK before giving up, s"),
+    Key("AUTOCORE_CONNECT_TIMEOUT", "connect_timeout_s", "10", _number(0, lo_inclusive=True),
+        "keep trying the first connection this long before exiting 1, s (0: forever)"),
     Key("AUTOCORE_DEVICE_CACHE_SIZE", "device_cache_size", "4096", _integer(1),
         "devices kept in the in-memory LRU cache"),
     Key("AUTOCORE_COMMAND_MAX_AGE", "command_max_age_s", "60", _number(0),
@@ -182,6 +192,12 @@ KEYS: tuple[Key, ...] = (
     Key("MQTT_TLS_KEY_FILE", "tls_key_file", None, _optional_file(), "client private key (PEM)"),
     Key("MQTT_TLS_INSECURE", "tls_insecure", "false", _boolean(),
         "skip the broker host name check (testing only)"),
+    Key("AUTOCORE_METRICS_PORT", "metrics_port", "9108", _integer(0, 65535),
+        "port of the /metrics, /healthz and /readyz endpoints (0: off)"),
+    Key("AUTOCORE_METRICS_HOST", "metrics_host", "127.0.0.1", _text(),
+        "address those endpoints listen on (loopback: only this machine)"),
+    Key("LOG_FORMAT", "log_format", "text", _choice("text", "json"),
+        "log line format: text, or json (one JSON object per line)"),
 )
 
 
@@ -223,6 +239,9 @@ class Settings:
     tls_cert_file: str | None
     tls_key_file: str | None
     tls_insecure: bool
+    metrics_port: int
+    metrics_host: str
+    log_format: str
 
     @classmethod
     def from_env(
