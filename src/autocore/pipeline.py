@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 #: A given (device, reason) is logged at most once per window.
 REJECT_LOG_WINDOW_S = 60.0
+#: Warning lines about bad input per second over all devices (and burst), so a
+#: flood of made-up device uuids cannot flood the log either.
+REJECT_LOGS_PER_S = 1.0
+REJECT_LOG_BURST = 20
 #: Relay commands are published with the original's QoS (firmware subscribes at 1).
 RELAY_SET_QOS = 1
 #: Kinds whose reject is reported with ERR_002 (a response without id is only counted).
@@ -78,6 +82,8 @@ class Pipeline:
         self.validator = Validator(settings.max_payload_bytes)
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst)
         self._log_throttle = Throttle(REJECT_LOG_WINDOW_S)
+        self._log_budget = RateLimiter(REJECT_LOGS_PER_S, REJECT_LOG_BURST)
+        self._logs_suppressed = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.accepting = True
         #: Command outbox to notify of responses and relay states (set by the gateway).
@@ -167,18 +173,32 @@ class Pipeline:
         self.metrics.limited(uuid)
         self.reporter.report("ERR_005", "Rate limit exceeded", uuid, topic=topic_name,
                              limit_per_s=self.settings.rate_limit_per_s)
-        if self._log_throttle.allow((uuid, "rate_limited")):
-            log.warning("device=%s topic=%s rate limited (%g msg/s)", uuid, topic_name,
-                        self.settings.rate_limit_per_s)
+        if self._may_log(uuid, "rate_limited"):
+            log.warning("device=%s topic=%s rate limited (%g msg/s)%s", uuid, topic_name,
+                        self.settings.rate_limit_per_s, self._suppressed_note())
         return False
 
     def _reject(self, reason: str, uuid: str, topic_name: str, kind: str, path: str = "$") -> None:
         self.metrics.reject(reason, uuid)
-        if self._log_throttle.allow((uuid, reason)):
-            log.warning("device=%s topic=%s rejected: %s at %s", uuid or "-", topic_name, reason, path)
+        if self._may_log(uuid, reason):
+            log.warning("device=%s topic=%s rejected: %s at %s%s", uuid or "-", topic_name, reason, path,
+                        self._suppressed_note())
         if kind != kinds.INVALID and kind not in _SILENT_REJECT_KINDS:
             self.reporter.report("ERR_002", f"Invalid payload: {reason}", uuid or None,
                                  topic=topic_name, reason=reason, path=path)
+
+    def _may_log(self, uuid: str, reason: str) -> bool:
+        """Once per device and reason per minute, and within the global line budget."""
+        if not self._log_throttle.allow((uuid, reason)):
+            return False
+        if not self._log_budget.allow(""):
+            self._logs_suppressed += 1
+            return False
+        return True
+
+    def _suppressed_note(self) -> str:
+        count, self._logs_suppressed = self._logs_suppressed, 0
+        return f" ({count} similar lines suppressed)" if count else ""
 
     def _protocol_mismatch(self, message: Message, topic_name: str) -> None:
         received = message.version if message.version is not None else "unknown"
@@ -266,8 +286,9 @@ class Pipeline:
         device = await self.registry.resolve(message.uuid)
         if device is None:
             self.metrics.reject("unknown_device", message.uuid)
-            if self._log_throttle.allow((message.uuid, "unknown_device")):
-                log.warning("device=%s status from a device not in the database; ignored", message.uuid)
+            if self._may_log(message.uuid, "unknown_device"):
+                log.warning("device=%s status from a device not in the database; ignored%s", message.uuid,
+                            self._suppressed_note())
             return
         data = message.data or {}
         if data.get("status") == OFFLINE:
@@ -282,7 +303,7 @@ class Pipeline:
         device_uuid = (message.data or {}).get("device_uuid")
         if not isinstance(device_uuid, str) or self.registry.get(device_uuid) is not None:
             return
-        if self._log_throttle.allow((device_uuid, "discovery")):
+        if self._may_log(device_uuid, "discovery"):  # bounded: event rows for made-up uuids too
             self.db.post(write_event, "discovery", "gateway", "device_found", message.data)
 
     def _on_response(self, message: Message, delivery: Delivery) -> None:
@@ -290,8 +311,9 @@ class Pipeline:
         if self.outbox is not None and self.outbox.on_response(message.uuid, data):
             return
         self.metrics.reject("unknown_command", message.uuid)
-        if self._log_throttle.allow((message.uuid, "unknown_command")):
-            log.warning("device=%s response to unknown command %s", message.uuid, data.get("command_id"))
+        if self._may_log(message.uuid, "unknown_command"):
+            log.warning("device=%s response to unknown command %s%s", message.uuid, data.get("command_id"),
+                        self._suppressed_note())
 
     def _on_mode(self, message: Message, delivery: Delivery) -> None:
         data = message.data or {}

@@ -26,6 +26,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection
 
 from autocore.events import write_event
+from autocore.ratelimit import RateLimiter
 from autocore.schema import devices, local_now
 from autocore.storage import Database
 
@@ -37,6 +38,10 @@ OFFLINE = "offline"
 LAST_SEEN_WRITE_S = 5.0
 #: How long a uuid missing from the database is remembered as unknown.
 UNKNOWN_TTL_S = 60.0
+#: Database lookups of uncached uuids allowed per second (and in a burst): a
+#: flood of made-up uuids must not turn into a flood of queries.
+LOOKUPS_PER_S = 200.0
+LOOKUP_BURST = 200
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 
@@ -173,7 +178,9 @@ class Registry:
         self._unknown: OrderedDict[str, float] = OrderedDict()
         self._lookups: dict[str, asyncio.Future[Device | None]] = {}
         self._last_seen_flushed = time.monotonic()
+        self._lookup_budget = RateLimiter(LOOKUPS_PER_S, LOOKUP_BURST)
         self.lookups_done = 0
+        self.lookups_refused = 0
         #: Called with a device uuid whenever that device goes online.
         self.on_online: Callable[[str], None] | None = None
 
@@ -222,6 +229,9 @@ class Registry:
             return device
         pending = self._lookups.get(uuid)
         if pending is None:
+            if not self._lookup_budget.allow("lookups"):
+                self.lookups_refused += 1  # not remembered: a real device is found once the flood ends
+                return None
             pending = asyncio.ensure_future(self._lookup(uuid))
             self._lookups[uuid] = pending
         return await asyncio.shield(pending)

@@ -12,11 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 from autocore import envelope, topics
+from autocore.ratelimit import RateLimiter
 from autocore.throttle import Throttle
 
 ERROR_QOS = 1
 #: Reports for one (device, code) pair at most once per window.
 REPORT_WINDOW_S = 10.0
+#: Reports per second over all devices (and burst): made-up uuids must not
+#: turn a flood of bad input into a flood of error messages.
+REPORTS_PER_S = 10.0
+REPORT_BURST = 50
 
 # code -> (error_type, severity)
 ERRORS = {
@@ -41,12 +46,17 @@ class ErrorReporter:
         self.gateway_uuid = gateway_uuid
         self._publish = publish
         self._throttle = Throttle(window_s, clock)
+        self._budget = RateLimiter(REPORTS_PER_S, REPORT_BURST, clock)
         self.error_count = 0
+        self.over_budget = 0
 
     def report(self, code: str, message: str, uuid: str | None = None, **context: Any) -> bool:
         """Publish one report unless the same (device, code) was reported in this window."""
         uuid = uuid or self.gateway_uuid
         if not self._throttle.allow((uuid, code)):
+            return False
+        if not self._budget.allow(""):
+            self.over_budget += 1
             return False
         error_type, severity = ERRORS[code]
         payload = envelope.build(
@@ -59,4 +69,4 @@ class ErrorReporter:
 
     @property
     def suppressed(self) -> int:
-        return self._throttle.suppressed
+        return self._throttle.suppressed + self.over_budget
