@@ -186,7 +186,8 @@ def start_gateway(broker: Mosquitto, db_path: Path, build: str, workdir: Path) -
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "AUTOCORE_", "DATABASE_"))}
     env.update(BUILDS[build])
     env.update({"MQTT_BROKER": broker.host, "MQTT_PORT": str(broker.port), "DATABASE_PATH": str(db_path),
-                "LOG_FILE": "", "LOG_LEVEL": "WARNING", "AUTOCORE_RATE_LIMIT": "0"})
+                "LOG_FILE": "", "LOG_LEVEL": "WARNING", "AUTOCORE_RATE_LIMIT": "0",
+                "AUTOCORE_METRICS_PORT": "0"})
     log = open(workdir / f"gateway-{build}.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "autocore", "run", "--env-file", "/dev/null"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, cwd=workdir)

@@ -1,4 +1,4 @@
-"""Command line: ``autocore run | demo | check-config | info``; the only caller of the event loop runner.
+"""Command line: ``autocore run | demo | check-config | info | status``; the only caller of the event loop runner.
 
 Configuration errors print one line naming the key and exit with code 2, so a
 systemd journal shows the cause at a glance, never a traceback.
@@ -17,6 +17,7 @@ from typing import Any
 from autocore import __version__
 from autocore.config import KEYS, Settings
 from autocore.errors import ConfigError
+from autocore.logs import JsonFormatter
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -35,7 +36,7 @@ def run_loop(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def setup_logging(settings: Settings) -> None:
-    """Log to stderr (the journal) and, when set, to LOG_FILE as well."""
+    """Log to stderr (the journal) and, when set, to LOG_FILE as well, as text or JSON lines."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if settings.log_file:
         try:
@@ -45,8 +46,10 @@ def setup_logging(settings: Settings) -> None:
             handlers.append(logging.FileHandler(settings.log_file))
         except OSError as exc:
             print(f"autocore: cannot write LOG_FILE {settings.log_file}: {exc}", file=sys.stderr)
-    logging.basicConfig(level=settings.log_level_number, format=LOG_FORMAT, handlers=handlers,
-                        force=True)
+    line_format = JsonFormatter() if settings.log_format == "json" else logging.Formatter(LOG_FORMAT)
+    for handler in handlers:
+        handler.setFormatter(line_format)
+    logging.basicConfig(level=settings.log_level_number, handlers=handlers, force=True)
 
 
 def load_settings(env_file: str | None, **overrides: Any) -> Settings:
@@ -96,6 +99,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_loop(Gateway(settings).run())
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from autocore import overview
+
+    return overview.run(load_settings(args.env_file))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from autocore.demo import run_demo
 
@@ -122,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default=None, help="where the demo database goes (default: temp dir)")
     add("check-config", cmd_check_config, "validate the configuration and print it (secrets masked)")
     add("info", cmd_info, "show version, Python, and which builds and accelerators are active")
+    add("status", cmd_status, "show the running gateway's counters and readiness (exit 0 when ready)")
     return parser
 
 

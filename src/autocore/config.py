@@ -196,7 +196,7 @@ KEYS: tuple[Key, ...] = (
         "port of the /metrics, /healthz and /readyz endpoints (0: off)"),
     Key("AUTOCORE_METRICS_HOST", "metrics_host", "127.0.0.1", _text(),
         "address those endpoints listen on (loopback: only this machine)"),
-    Key("LOG_FORMAT", "log_format", "text", _choice("text", "json"),
+    Key("AUTOCORE_LOG_FORMAT", "log_format", "text", _choice("text", "json"),
         "log line format: text, or json (one JSON object per line)"),
 )
 

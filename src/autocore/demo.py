@@ -246,7 +246,7 @@ def run_demo(duration_s: float = 10.0, devices: int = 3, env_file: str | None = 
         settings = load_settings(
             env_file, mqtt_broker=host, mqtt_port=port, database_path=str(db_path),
             database_url=None, create_database=True, device_timeout_s=DEMO_DEVICE_TIMEOUT_S,
-            heartbeat_interval_s=0.5, telemetry_flush_interval_s=0.5, log_file="",
+            heartbeat_interval_s=0.5, telemetry_flush_interval_s=0.5, log_file="", metrics_port=0,
             gateway_uuid="autocore-gateway",
         )
         print(f"Simulating {devices} telemetry devices and a display for {duration_s:g} s "

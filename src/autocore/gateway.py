@@ -22,6 +22,7 @@ from autocore.config import Settings
 from autocore.envelope import utc_timestamp
 from autocore.errors import BrokerError, StorageError
 from autocore.events import write_event
+from autocore.exporter import Exporter, start_exporter
 from autocore.metrics import Metrics
 from autocore.outbox import Outbox
 from autocore.pipeline import Pipeline
@@ -56,6 +57,7 @@ class Gateway:
         self.registry: Registry | None = None
         self.pipeline: Pipeline | None = None
         self.ready = asyncio.Event()
+        self.exporter: Exporter | None = None
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -77,6 +79,7 @@ class Gateway:
             await self._stop_database()
             return 1
         self.ready.set()
+        self.exporter = await start_exporter(self)
         log.info("gateway %s running (device timeout %gs, batch %d rows / %gs)",
                  self.settings.gateway_uuid, self.settings.device_timeout_s,
                  self.settings.telemetry_batch_size, self.settings.telemetry_flush_interval_s)
@@ -191,6 +194,8 @@ class Gateway:
     # -- shutdown --------------------------------------------------------------------
 
     async def _shutdown(self) -> None:
+        if self.exporter is not None:
+            await self.exporter.stop()
         assert self.pipeline is not None and self.client is not None and self.registry is not None
         log.info("stopping: flushing telemetry and publishing offline status")
         # From here on messages are left unacknowledged: the broker keeps QoS 1/2

@@ -6,12 +6,17 @@ memory without bound; what falls past the cap is counted under ``"(other)"``.
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
 from collections import Counter
 from typing import Any
 
 #: Distinct (reason, device) pairs tracked before new pairs fold into "(other)".
 MAX_LABELLED_PAIRS = 1000
 OTHER = "(other)"
+#: Upper bounds of the database commit latency buckets, s: an SSD commits in
+#: milliseconds, a Raspberry Pi's SD card can take hundreds of them.
+COMMIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Metrics:
@@ -29,6 +34,8 @@ class Metrics:
         self.telemetry_dropped = 0
         self.errors_published = 0
         self.handler_failures = 0
+        #: Duration of each committed telemetry batch, fed by the database thread.
+        self.db_commit_seconds = LatencyHistogram(COMMIT_BUCKETS_S)
 
     def reject(self, reason: str, uuid: str) -> None:
         """Count a rejected message by reason and by (reason, device), capped."""
@@ -61,3 +68,35 @@ class Metrics:
             "errors_published": self.errors_published,
             "handler_failures": self.handler_failures,
         }
+
+
+class LatencyHistogram:
+    """Cumulative histogram written by one thread and read by another.
+
+    It is fed once per database batch, never per message, so a lock per
+    observation costs nothing that matters and keeps every snapshot consistent
+    (the bucket counts always add up to the total).
+    """
+
+    def __init__(self, bounds_s: tuple[float, ...]) -> None:
+        self.bounds_s = tuple(sorted(bounds_s))
+        self._counts = [0] * (len(self.bounds_s) + 1)  # the last one is +Inf
+        self._sum_s = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, seconds: float) -> None:
+        index = bisect_left(self.bounds_s, seconds)  # first bound >= seconds: Prometheus' "le"
+        with self._lock:
+            self._counts[index] += 1
+            self._sum_s += seconds
+
+    def snapshot(self) -> tuple[list[tuple[float, int]], float]:
+        """Return ([(upper bound, cumulative count)...] ending with +Inf, sum of seconds)."""
+        with self._lock:
+            counts = list(self._counts)
+            total_s = self._sum_s
+        cumulative, running = [], 0
+        for bound, count in zip((*self.bounds_s, float("inf")), counts):
+            running += count
+            cumulative.append((bound, running))
+        return cumulative, total_s

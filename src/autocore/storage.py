@@ -176,6 +176,8 @@ class Database:
         self.last_batch_seconds = 0.0
         #: Called on the DB thread with the ack tokens of each committed batch.
         self.on_acks: Callable[[list[Any]], None] | None = None
+        #: Called on the DB thread with the duration of each committed batch, s (metrics).
+        self.on_batch_seconds: Callable[[float], None] | None = None
         self.duplicates_skipped = 0
         self.job_retries = 0
         self._job_retry_s = RETRY_MIN_S
@@ -423,6 +425,8 @@ class Database:
         self.batches_written += 1
         self.last_commit_monotonic = time.monotonic()
         self.last_batch_seconds = self.last_commit_monotonic - started
+        if self.on_batch_seconds is not None:
+            self.on_batch_seconds(self.last_batch_seconds)
         acks = [item.ack for item in items if item.ack is not None]
         if acks and self.on_acks is not None:
             self.on_acks(acks)
