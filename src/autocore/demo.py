@@ -95,6 +95,9 @@ class SimulatedRelayBoard(SimulatedDevice):
         channel, action = str(body.get("channel")), body.get("command")
         if channel in self.channels and action in ("on", "off", "toggle"):
             self.channels[channel] = not self.channels[channel] if action == "toggle" else action == "on"
+        self.report_state()
+
+    def report_state(self) -> None:
         self.publish(f"autocore/devices/{self.uuid}/relays/state",
                      envelope.build(self.uuid, board_id=1, channels=self.channels), qos=1)
 
@@ -132,6 +135,8 @@ def _simulate(host: str, port: int, count: int, duration_s: float, stop: threadi
                 break
             for device in streamers:
                 device.telemetry(tick)
+            if tick % 10 == 0:  # the board reports its channels once a second
+                board.report_state()
             if elapsed < SILENT_AFTER_S:
                 display.publish(topics.telemetry_topic(display.uuid),
                                 envelope.build(display.uuid, system_status={"uptime": tick}))
