@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
@@ -54,17 +54,21 @@ class Device:
     uuid: str
     type: str
     status: str
-    last_seen_monotonic: float
-    last_seen_at: datetime | None = None
-    last_seen_dirty: bool = False
+    last_seen_monotonic: float  # when its last message arrived (wall time derived when written)
+    last_seen_dirty: bool = False  # last_seen not written to the database yet
 
 
 # -- database jobs (run on the DB thread) --------------------------------------
 
 
+def _wall_time(monotonic: float) -> datetime:
+    """Naive local wall time of a monotonic instant (no clock read per message)."""
+    return local_now() - timedelta(seconds=time.monotonic() - monotonic)
+
+
 def _row_to_device(row: Any, now_mono: float) -> Device:
     return Device(id=row.id, uuid=row.uuid, type=row.type, status=row.status or OFFLINE,
-                  last_seen_monotonic=now_mono, last_seen_at=row.last_seen)
+                  last_seen_monotonic=now_mono)
 
 
 def load_active(conn: Connection, limit: int) -> list[Any]:
@@ -256,16 +260,16 @@ class Registry:
             log.warning("device=%s announced but is deactivated in the database; ignored", uuid)
             return None
         device = self.get(uuid)
-        now_mono, now_local = time.monotonic(), local_now()
+        now_mono = time.monotonic()
         was_online = device is not None and device.status == ONLINE
         if device is None:
             device = self._remember(Device(device_id, uuid, data["device_type"].strip().lower(),
-                                           ONLINE, now_mono, now_local))
+                                           ONLINE, now_mono))
         else:
             if not was_online:
                 log.info("device=%s online (announce)", uuid)
             device.id, device.status = device_id, ONLINE
-            device.last_seen_monotonic, device.last_seen_at = now_mono, now_local
+            device.last_seen_monotonic = now_mono
             device.last_seen_dirty = False
         self.db.post_plain(self.db.remember_device, uuid, device_id)
         if not was_online and self.on_online is not None:
@@ -275,8 +279,7 @@ class Registry:
     def seen(self, device: Device, touch: bool = True) -> None:
         """A message from ``device`` arrived: refresh presence, go online if it was not."""
         if touch:
-            device.last_seen_monotonic = time.monotonic()
-            device.last_seen_at = local_now()
+            device.last_seen_monotonic = time.monotonic()  # wall time is derived when written
             device.last_seen_dirty = True
         if device.status != ONLINE:
             self.set_status(device, ONLINE, None)
@@ -287,7 +290,7 @@ class Registry:
             return
         log.info("device=%s %s%s", device.uuid, status, f" ({reason})" if reason else "")
         device.status = status
-        seen_at = device.last_seen_at if status == ONLINE else None
+        seen_at = _wall_time(device.last_seen_monotonic) if status == ONLINE else None
         device.last_seen_dirty = False if status == ONLINE else device.last_seen_dirty
         self.db.post(set_status, device.id, device.uuid, status, seen_at, reason)
         if status == ONLINE and self.on_online is not None:
@@ -312,8 +315,8 @@ class Registry:
         self._last_seen_flushed = now
         rows = []
         for device in self._cache.values():
-            if device.last_seen_dirty and device.last_seen_at is not None:
-                rows.append((device.id, device.last_seen_at))
+            if device.last_seen_dirty:
+                rows.append((device.id, _wall_time(device.last_seen_monotonic)))
                 device.last_seen_dirty = False
         if rows:
             self.db.post(write_last_seen, rows)
