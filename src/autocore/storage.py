@@ -49,6 +49,8 @@ MAX_BATCH_ROWS = 5000
 #: Pause after a failed write before retrying, doubled up to the maximum.
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 5.0
+#: Polls run after each change the file watch reports (see ``_polls_owed``).
+POLLS_PER_CHANGE = 2
 #: With a file watch, pollers still run this often in case a change went unseen.
 WATCHED_POLL_S = 10.0
 #: How long an unknown device uuid is remembered as unknown.
@@ -184,7 +186,10 @@ class Database:
         self._pollers: list[list[Any]] = []  # [fn, interval_s, next_due]
         self._poll_conn: Connection | None = None  # DB thread only, reused by every poll
         self._watch: FileWatch | None = None
-        self._changed = True  # another process wrote the file (set by the watch thread)
+        # Polls still owed after a write by another process (set by the watch thread).
+        # Two: the write is seen while the writer may not have committed yet, so
+        # one poll follows a write interval later to catch what the first missed.
+        self._polls_owed = POLLS_PER_CHANGE
         # Set by the DB thread while its next decision depends on new data: only
         # then does a push (or a file change) need to wake it.
         self._wake_on_push = False
@@ -235,7 +240,7 @@ class Database:
         self._pollers.append([fn, interval_s, 0.0])
 
     def _file_changed(self) -> None:
-        self._changed = True
+        self._polls_owed = POLLS_PER_CHANGE
         if self._wake_on_push:  # a busy writer polls within its write interval anyway
             self._wake.set()
 
@@ -367,12 +372,12 @@ class Database:
         """Run the pollers that are due; return when the next one is."""
         now = time.monotonic()
         next_due = now + IDLE_WAIT_S
-        changed = self._changed or self._watch is None
+        changed = self._polls_owed > 0 or self._watch is None
         for poller in self._pollers:
             fn, interval_s, last = poller
             due = last + (interval_s if changed else WATCHED_POLL_S)
             if due <= now:
-                self._changed = False
+                self._polls_owed = max(0, self._polls_owed - 1)
                 try:
                     if self._poll_conn is None:
                         self._poll_conn = self.engine.connect()
@@ -382,7 +387,8 @@ class Database:
                     log.warning("database poll %s failed: %s", getattr(fn, "__name__", fn), exc)
                     self._close_poll_conn()
                 poller[2] = now
-                due = now + (interval_s if self._watch is None else WATCHED_POLL_S)
+                owed = self._watch is None or self._polls_owed > 0
+                due = now + (interval_s if owed else WATCHED_POLL_S)
             next_due = min(next_due, due)
         return next_due
 
