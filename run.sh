@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# autocore's two entry points, each installing what it needs first:
+# autocore's entry points, each installing what it needs first:
 #   ./run.sh demo [autocore demo options]   the gateway's main job on embedded defaults
-#   ./run.sh test [pytest options]          the whole test suite, compiled and pure builds
+#   ./run.sh test [pytest options]          the whole test suite on three installs
+#   ./run.sh test-minimal [pytest options]  only the third: the 32-bit ARM build
 # Installs Mosquitto (and the PostgreSQL server for the tests) with apt-get when
 # missing, creates a virtual environment ($AUTOCORE_VENV, default .venv) and
-# installs autocore into it with its Cython extensions compiled; the tests also
-# use a second one ($AUTOCORE_VENV-pure) holding the pure-Python build.
+# installs autocore into it with its Cython extensions compiled and uvloop; the
+# tests also use $AUTOCORE_VENV-pure (pure-Python build, no accelerators) and
+# $AUTOCORE_VENV-minimal (what the armv7l wheels hold: topic parser and ring buffer
+# compiled, envelope validator pure because pysimdjson is absent at build time, no uvloop).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -38,22 +41,46 @@ ensure_postgres() { have_postgres || apt_install postgresql; }
 ensure_openssl() { command -v openssl >/dev/null 2>&1 || apt_install openssl; }  # TLS test certificates
 
 # ensure_venv DIR BUILD: a virtual environment with autocore installed from this
-# tree, BUILD=compiled (Cython extensions required) or BUILD=pure.
+# tree and the test tools. BUILD is one of
+#   compiled  every Cython extension required, plus the accelerators (uvloop)
+#   pure      AUTOCORE_NO_EXTENSIONS=1; neither pysimdjson nor uvloop installed
+#   minimal   what the 32-bit ARM wheels hold: _topics and _ring compiled without
+#             pysimdjson in the build environment, so _envelope stays pure; no uvloop
+# One pip command builds and installs autocore with its dependencies, so the build
+# switches apply to the copy that ends up installed.
 ensure_venv() {
     local venv="$1" build="$2"
     if [ ! -x "$venv/bin/python" ]; then
         log "creating virtual environment $venv"
         "$PYTHON" -m venv "$venv"
     fi
-    "$venv/bin/python" -m pip install -q --upgrade pip
+    local pip=("$venv/bin/python" -m pip)
+    "${pip[@]}" install -q --upgrade pip
     log "installing autocore ($build build) into $venv"
-    if [ "$build" = compiled ]; then
-        AUTOCORE_NO_EXTENSIONS= AUTOCORE_REQUIRE_EXTENSIONS=1 \
-            "$venv/bin/python" -m pip install -q --force-reinstall --no-deps .
-    else
-        AUTOCORE_NO_EXTENSIONS=1 "$venv/bin/python" -m pip install -q --force-reinstall --no-deps .
-    fi
-    "$venv/bin/python" -m pip install -q ".[test]"
+    case "$build" in
+        compiled)
+            AUTOCORE_NO_EXTENSIONS= AUTOCORE_REQUIRE_EXTENSIONS=1 "${pip[@]}" install -q ".[accel,test]"
+            ;;
+        pure)
+            "${pip[@]}" uninstall -q -y pysimdjson uvloop >/dev/null 2>&1 || true
+            AUTOCORE_NO_EXTENSIONS=1 "${pip[@]}" install -q ".[test]"
+            ;;
+        minimal)
+            "${pip[@]}" uninstall -q -y pysimdjson uvloop >/dev/null 2>&1 || true
+            "${pip[@]}" install -q "setuptools>=77" "Cython>=3.0"
+            AUTOCORE_NO_EXTENSIONS= AUTOCORE_REQUIRE_EXTENSIONS=_topics,_ring \
+                "${pip[@]}" install -q --no-build-isolation ".[test]"
+            ;;
+    esac
+}
+
+# without_accelerators DIR: fail unless neither pysimdjson nor uvloop is importable there.
+without_accelerators() {
+    "$1/bin/python" - <<'PY'
+import importlib.util, sys
+found = [m for m in ("simdjson", "uvloop") if importlib.util.find_spec(m)]
+sys.exit(f"accelerators installed in this venv: {found}" if found else 0)
+PY
 }
 
 cmd="${1:-}"
@@ -70,15 +97,31 @@ case "$cmd" in
         ensure_openssl
         ensure_venv "$VENV" compiled
         ensure_venv "$VENV-pure" pure
+        ensure_venv "$VENV-minimal" minimal
+        without_accelerators "$VENV-pure"
+        without_accelerators "$VENV-minimal"
         # Installed systems run at UTC-3: naive-local timestamps must hold there.
         export TZ="${AUTOCORE_TEST_TZ:-<-03>3}"
-        log "test leg 1/2: compiled install (hot-path tests run against both builds)"
+        log "test leg 1/3: compiled install with uvloop (hot-path tests run against both builds)"
         AUTOCORE_EXPECT_EXTENSIONS=1 "$VENV/bin/python" -m pytest "$@"
-        log "test leg 2/2: pure install with AUTOCORE_NO_EXTENSIONS=1"
+        log "test leg 2/3: pure install with AUTOCORE_NO_EXTENSIONS=1, without pysimdjson and uvloop"
         AUTOCORE_NO_EXTENSIONS=1 "$VENV-pure/bin/python" -m pytest "$@"
+        log "test leg 3/3: 32-bit ARM build (_topics and _ring compiled, _envelope pure), without pysimdjson and uvloop"
+        AUTOCORE_EXPECT_EXTENSIONS=_topics,_ring "$VENV-minimal/bin/python" -m pytest "$@"
+        ;;
+    test-minimal)
+        ensure_mosquitto
+        ensure_postgres
+        ensure_openssl
+        ensure_venv "$VENV-minimal" minimal
+        without_accelerators "$VENV-minimal"
+        export TZ="${AUTOCORE_TEST_TZ:-<-03>3}"
+        log "32-bit ARM build (_topics and _ring compiled, _envelope pure), without pysimdjson and uvloop"
+        AUTOCORE_EXPECT_EXTENSIONS=_topics,_ring "$VENV-minimal/bin/python" -m pytest "$@"
         ;;
     *)
-        echo "usage: ./run.sh demo [options] | ./run.sh test [pytest options]" >&2
+        echo "usage: ./run.sh demo [options] | ./run.sh test [pytest options]" \
+             "| ./run.sh test-minimal [pytest options]" >&2
         exit 2
         ;;
 esac

@@ -15,6 +15,7 @@ the commit time of each row is read from the database by a reader that polls
     python benchmarks/e2e.py --soak 30            # 50 devices x 10 Hz for 30 minutes, RSS slope
     python benchmarks/e2e.py --commands 100       # command pick-up latency (row -> published)
     python benchmarks/e2e.py --smoke              # a few seconds, used by CI
+    python benchmarks/e2e.py --rates 1000 --builds compiled,compiled-asyncio   # uvloop's share
 
 Results print as a table and as one JSON line each (``--json FILE`` appends them).
 """
@@ -52,7 +53,13 @@ COMMIT_POLL_S = 0.002
 #: Seconds a run waits after the publishers stop for the last rows to commit.
 DRAIN_S = 3.0
 PUBLISHER_PROCESSES = 2
-BUILDS = {"compiled": {}, "pure": {"AUTOCORE_NO_EXTENSIONS": "1"}}
+#: Gateway variants by name; the "-asyncio" ones force the stdlib loop although uvloop is installed.
+BUILDS = {
+    "compiled": {},
+    "pure": {"AUTOCORE_NO_EXTENSIONS": "1"},
+    "compiled-asyncio": {"AUTOCORE_NO_UVLOOP": "1"},
+    "pure-asyncio": {"AUTOCORE_NO_EXTENSIONS": "1", "AUTOCORE_NO_UVLOOP": "1"},
+}
 
 
 # -- publishers (separate processes) --------------------------------------------------

@@ -11,8 +11,6 @@ import signal
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import pytest
-
 from tests.fixtures.services import fixture_bytes, wait_for
 
 GATEWAY_STATUS = "autocore/devices/autocore-gateway/status"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from autocore.broker import Mosquitto, port_answers
 
 
@@ -32,6 +34,7 @@ def test_private_broker_is_stopped_by_pid(broker_factory) -> None:  # type: igno
     assert not alive
 
 
+@pytest.mark.postgres
 def test_postgres_cluster_starts_on_a_free_port(postgres_factory) -> None:  # type: ignore[no-untyped-def]
     cluster = postgres_factory()
     assert cluster.psql("select 40 + 2").strip() == "42"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import platform
 import sys
 from collections.abc import Coroutine, Sequence
@@ -26,13 +27,21 @@ EXIT_CONFIG = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+def uvloop_disabled() -> bool:
+    """Tell whether ``AUTOCORE_NO_UVLOOP`` forces the stdlib loop although uvloop is installed."""
+    return os.environ.get("AUTOCORE_NO_UVLOOP", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def run_loop(coro: Coroutine[Any, Any, int]) -> int:
-    """Run ``coro`` on uvloop when it is installed, else on the stdlib loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    """Run ``coro`` on uvloop when it is installed and not switched off, else on the stdlib loop."""
+    if not uvloop_disabled():
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 def setup_logging(settings: Settings) -> None:
@@ -56,17 +65,36 @@ def load_settings(env_file: str | None, **overrides: Any) -> Settings:
     return Settings.from_env(env_file=env_file or ".env", **overrides)
 
 
+def json_parser_report() -> str:
+    """Name the JSON parser behind the envelope validator: compiled-in simdjson or stdlib json."""
+    from autocore import _fast
+
+    if _fast.IMPLEMENTATIONS["envelope"] == _fast.CYTHON:
+        return "simdjson (compiled into the envelope validator)"
+    if _fast.extensions_disabled():
+        return "stdlib json (pure envelope validator: AUTOCORE_NO_EXTENSIONS=1)"
+    return "stdlib json (pure envelope validator: not compiled in this install)"
+
+
+def event_loop_report() -> str:
+    """Name the event loop ``run_loop`` will use, and why when it is not uvloop."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio (uvloop not installed)"
+    version = getattr(uvloop, "__version__", "installed")
+    if uvloop_disabled():
+        return f"asyncio (uvloop {version} installed, off: AUTOCORE_NO_UVLOOP=1)"
+    return f"uvloop {version}"
+
+
 def implementation_report() -> list[tuple[str, str]]:
     """(component, what is in use) rows for ``info`` and the demo."""
     from autocore import _fast
 
     rows = [(f"hot path: {stem}", build) for stem, build in _fast.IMPLEMENTATIONS.items()]
-    for module, label in (("simdjson", "pysimdjson"), ("uvloop", "uvloop")):
-        try:
-            imported = __import__(module)
-            rows.append((label, getattr(imported, "__version__", "installed")))
-        except ImportError:
-            rows.append((label, "not installed"))
+    rows.append(("json parser", json_parser_report()))
+    rows.append(("event loop", event_loop_report()))
     return rows
 
 

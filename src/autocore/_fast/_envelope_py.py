@@ -121,7 +121,7 @@ class Message:
         """Compare field by field, so records of the two builds compare equal too."""
         if type(other).__name__ != "Message" or not hasattr(other, "as_tuple"):
             return NotImplemented
-        return self.as_tuple() == other.as_tuple()
+        return bool(self.as_tuple() == other.as_tuple())
 
     def __repr__(self) -> str:
         return (
@@ -158,7 +158,7 @@ class Reject:
         """Compare field by field, so records of the two builds compare equal too."""
         if type(other).__name__ != "Reject" or not hasattr(other, "as_tuple"):
             return NotImplemented
-        return self.as_tuple() == other.as_tuple()
+        return bool(self.as_tuple() == other.as_tuple())
 
     def __hash__(self) -> int:
         return hash(self.as_tuple())

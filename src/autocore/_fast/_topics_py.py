@@ -48,6 +48,10 @@ class Topic:
     """
 
     __slots__ = ("kind", "uuid", "sub", "reason")
+    kind: str
+    uuid: str
+    sub: str
+    reason: str
 
     def __init__(self, kind: str, uuid: str = "", sub: str = "", reason: str = "") -> None:
         _set_field(self, "kind", kind)
@@ -71,7 +75,7 @@ class Topic:
     def __eq__(self, other: object) -> bool:
         if not hasattr(other, "as_tuple") or not hasattr(other, "reason"):
             return NotImplemented
-        return self.as_tuple() == other.as_tuple()  # type: ignore[attr-defined]
+        return bool(self.as_tuple() == other.as_tuple())
 
     def __ne__(self, other: object) -> bool:
         result = self.__eq__(other)
