@@ -8,7 +8,6 @@ the very same record (``as_tuple()``), reject reason and path included.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from autocore import _fast  # noqa: E402
+from tests.equivalence import typed  # noqa: E402
 
 if _fast.extensions_disabled():
     pytest.skip("AUTOCORE_NO_EXTENSIONS is set: compiled build not in use", allow_module_level=True)
@@ -67,18 +67,7 @@ def agree(topic: str, payload: bytes) -> None:
     assert type(compiled).__name__ == type(pure).__name__, (compiled, pure)
     assert compiled.as_tuple() == pure.as_tuple()
     if type(pure).__name__ == "Message":
-        assert _typed(compiled.data) == _typed(pure.data)
-
-
-def _typed(value: Any) -> Any:
-    """Spell out types and float signs, which ``==`` ignores (1 == 1.0 == True, -0.0 == 0.0)."""
-    if isinstance(value, dict):
-        return [(k, _typed(v)) for k, v in value.items()]
-    if isinstance(value, list):
-        return [_typed(v) for v in value]
-    if isinstance(value, float):
-        return ("float", math.copysign(1.0, value), value)
-    return (type(value).__name__, value)
+        assert typed(compiled.data) == typed(pure.data)
 
 
 # -- JSON text with duplicate keys: objects are lists of (key, value) pairs ---------------

@@ -10,11 +10,13 @@ the offending input saved by libFuzzer.
 
 from __future__ import annotations
 
-import math
 import sys
-from typing import Any
+from pathlib import Path
 
 import atheris
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for tests.equivalence
+from tests.equivalence import typed  # noqa: E402
 
 with atheris.instrument_imports():
     from autocore._fast import _envelope_py
@@ -41,17 +43,6 @@ PURE_TOPICS = [PURE.parse_topic(t) for t in TOPICS]
 assert PURE.Validator is _envelope_py.Validator
 
 
-def _typed(value: Any) -> Any:
-    """Spell out types and float signs, which ``==`` ignores (1 == 1.0 == True, -0.0 == 0.0)."""
-    if isinstance(value, dict):
-        return [(k, _typed(v)) for k, v in value.items()]
-    if isinstance(value, list):
-        return [_typed(v) for v in value]
-    if isinstance(value, float):
-        return ("float", math.copysign(1.0, value), value)
-    return (type(value).__name__, value)
-
-
 def test_one_input(data: bytes) -> None:
     if not data:
         return
@@ -60,7 +51,7 @@ def test_one_input(data: bytes) -> None:
     compiled = COMPILED_VALIDATOR.validate(COMPILED_TOPICS[which], payload)
     pure = PURE_VALIDATOR.validate(PURE_TOPICS[which], payload)
     if compiled.as_tuple() != pure.as_tuple() or (
-        type(pure).__name__ == "Message" and _typed(compiled.data) != _typed(pure.data)
+        type(pure).__name__ == "Message" and typed(compiled.data) != typed(pure.data)
     ):
         raise AssertionError(
             f"builds differ on {TOPICS[which]} {payload!r}:\n{compiled!r}\n{pure!r}"
