@@ -5,6 +5,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
+#: One topic of each kind the validator treats differently (order matters to the tests).
+ENVELOPE_TOPICS = (
+    "autocore/devices/esp32-sensor-001/telemetry",
+    "autocore/telemetry/relays/data",
+    "autocore/devices/esp32-relay-001/relays/state",
+    "autocore/devices/esp32-relay-001/status",
+    "autocore/devices/esp32-relay-001/announce",
+    "autocore/devices/esp32-relay-001/response",
+    "autocore/devices/all/relays/command",
+    "autocore/devices/esp32-relay-001/relays/set",
+    "autocore/discovery/announce",
+    "autocore/errors/esp32-relay-001/payload",
+    "autocore/modes/parking",
+)
+
 
 def typed(value: Any) -> Any:
     """Spell out types and float signs, which ``==`` ignores (1 == 1.0 == True, -0.0 == 0.0)."""

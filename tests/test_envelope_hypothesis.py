@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from autocore import _fast  # noqa: E402
-from tests.equivalence import typed  # noqa: E402
+from tests.equivalence import ENVELOPE_TOPICS, typed  # noqa: E402
 
 if _fast.extensions_disabled():
     pytest.skip("AUTOCORE_NO_EXTENSIONS is set: compiled build not in use", allow_module_level=True)
@@ -33,19 +33,7 @@ PURE = _fast.load(_fast.PYTHON)
 COMPILED_VALIDATOR = COMPILED.Validator()
 PURE_VALIDATOR = PURE.Validator()
 
-TOPICS = (
-    "autocore/devices/esp32-sensor-001/telemetry",
-    "autocore/telemetry/relays/data",
-    "autocore/devices/esp32-relay-001/relays/state",
-    "autocore/devices/esp32-relay-001/status",
-    "autocore/devices/esp32-relay-001/announce",
-    "autocore/devices/esp32-relay-001/response",
-    "autocore/devices/all/relays/command",
-    "autocore/devices/esp32-relay-001/relays/set",
-    "autocore/discovery/announce",
-    "autocore/errors/esp32-relay-001/payload",
-    "autocore/modes/parking",
-)
+TOPICS = ENVELOPE_TOPICS
 UUIDS = ("esp32-sensor-001", "esp32-relay-001", "", ".", "bad/uuid", "x" * 65, "ünï")
 #: Topics whose payloads yield rows; the device is the first uuid of UUIDS.
 ROW_TOPICS = (

@@ -16,23 +16,14 @@ from pathlib import Path
 import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for tests.equivalence
-from tests.equivalence import typed  # noqa: E402
+from tests.equivalence import ENVELOPE_TOPICS, typed  # noqa: E402
 
 with atheris.instrument_imports():
     from autocore._fast import _envelope_py
 
 from autocore import _fast
 
-TOPICS = (
-    "autocore/devices/esp32-sensor-001/telemetry",
-    "autocore/telemetry/relays/data",
-    "autocore/devices/esp32-relay-001/relays/state",
-    "autocore/devices/esp32-relay-001/status",
-    "autocore/devices/esp32-relay-001/announce",
-    "autocore/devices/esp32-relay-001/response",
-    "autocore/devices/all/relays/command",
-    "autocore/discovery/announce",
-)
+TOPICS = ENVELOPE_TOPICS
 
 COMPILED = _fast.load(_fast.CYTHON)
 PURE = _fast.load(_fast.PYTHON)
