@@ -59,3 +59,22 @@ def test_shared_tables_match_the_installed_columns(installed_db: Path, tmp_path:
 
     for table in SHARED_TABLES:
         assert columns(fresh, table) == columns(installed_db, table), table
+
+
+def test_an_older_command_table_gets_the_new_column(tmp_path: Path) -> None:
+    """autocore's own tables grow by nullable columns; rows already there are kept."""
+    path = tmp_path / "older.db"
+    engine = create_engine(f"sqlite:///{path}")
+    ensure_schema(engine)
+    engine.dispose()
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE gateway_commands DROP COLUMN claimed_by")
+        conn.execute("INSERT INTO gateway_commands (device_uuid, command_type, status, created_at) "
+                     "VALUES ('esp32-relay-001', 'relay', 'acked', '2026-01-01 00:00:00')")
+    engine = create_engine(f"sqlite:///{path}")
+    assert ensure_schema(engine) == []
+    engine.dispose()
+    with sqlite3.connect(path) as conn:
+        names = [row[1] for row in conn.execute("PRAGMA table_info(gateway_commands)")]
+        assert names[-1] == "claimed_by"
+        assert conn.execute("SELECT status, claimed_by FROM gateway_commands").fetchall() == [("acked", None)]

@@ -125,8 +125,34 @@ gateway_commands = Table(
     Column("completed_at", DateTime),
     Column("response_payload", Text),
     Column("error_message", Text),
+    Column("claimed_by", String(64)),  # MQTT_CLIENT_ID of the gateway that sent it
     Index("idx_gateway_commands_status", "status", "created_at"),
 )
+
+#: Columns added to autocore's own tables after their first release: created on
+#: an older copy of the table by :func:`ensure_schema` (never on shared tables).
+ADDED_COLUMNS = {"gateway_commands": ("claimed_by",)}
+
+#: PostgreSQL advisory lock keys (arbitrary constants, the same in every gateway):
+#: schema creation, and the presence/command sweeps one gateway runs at a time.
+SCHEMA_LOCK = 0x6175746F01
+SWEEP_LOCK = 0x6175746F02
+
+#: PostgreSQL channel notified when a command row becomes pending (LISTEN/NOTIFY).
+COMMANDS_CHANNEL = "autocore_commands"
+_PG_NOTIFY_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION autocore_notify_command() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('{COMMANDS_CHANNEL}', NEW.id::text);
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql
+"""
+_PG_NOTIFY_TRIGGER = """
+CREATE TRIGGER autocore_command_pending
+AFTER INSERT OR UPDATE OF status ON gateway_commands
+FOR EACH ROW WHEN (NEW.status = 'pending') EXECUTE PROCEDURE autocore_notify_command()
+"""
 
 # autocore's own table: idempotency keys of QoS 1 messages already stored, so a
 # broker redelivery after a crash (before the acknowledgement left) is not
@@ -162,7 +188,35 @@ def ensure_schema(engine: Engine) -> list[str]:
     App's migrations, and an installed system must be accepted unchanged.
     """
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # gateways starting together create things once
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
         absent = missing_tables(conn)
         if absent:
             metadata.create_all(conn, tables=[metadata.tables[n] for n in absent], checkfirst=True)
+        _add_missing_columns(conn)
+        if conn.dialect.name == "postgresql":
+            _ensure_notify_trigger(conn)
     return absent
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    """Bring an older copy of autocore's own tables up to date (nullable columns only)."""
+    for table_name, names in ADDED_COLUMNS.items():
+        present = {column["name"] for column in inspect(conn).get_columns(table_name)}
+        table = metadata.tables[table_name]
+        for name in names:
+            if name not in present:
+                column = table.c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}")
+
+
+def _ensure_notify_trigger(conn: Connection) -> None:
+    """Make PostgreSQL announce new pending commands on COMMANDS_CHANNEL (created once)."""
+    if conn.exec_driver_sql("SELECT 1 FROM pg_proc WHERE proname = 'autocore_notify_command'").first() is None:
+        conn.exec_driver_sql(_PG_NOTIFY_FUNCTION)
+    exists = conn.exec_driver_sql(
+        "SELECT 1 FROM pg_trigger WHERE tgname = 'autocore_command_pending' "
+        "AND tgrelid = 'gateway_commands'::regclass").first()
+    if exists is None:
+        conn.exec_driver_sql(_PG_NOTIFY_TRIGGER)

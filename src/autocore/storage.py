@@ -26,7 +26,8 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from autocore.config import Settings
 from autocore.errors import StorageError
-from autocore.filewatch import FileWatch, start_watch
+from autocore.filewatch import start_watch
+from autocore.pglisten import start_listen
 from autocore.ringbuffer import Ring
 from autocore.schema import devices, gateway_message_keys, telemetry_data
 
@@ -72,10 +73,22 @@ class TelemetryItem(NamedTuple):
 
 
 def database_url(settings: Settings) -> str:
-    """The SQLAlchemy URL to open: DATABASE_URL, else the SQLite file DATABASE_PATH."""
-    if settings.database_url:
-        return settings.database_url
-    return f"sqlite:///{Path(settings.database_path).expanduser().resolve()}"
+    """The SQLAlchemy URL to open: DATABASE_URL, else the SQLite file DATABASE_PATH.
+
+    A PostgreSQL URL without a driver (``postgresql://``, ``postgres://``) gets
+    psycopg 3, the driver autocore's PostgreSQL writer is built on.
+    """
+    url = settings.database_url
+    if not url:
+        return f"sqlite:///{Path(settings.database_path).expanduser().resolve()}"
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare):]
+    return url
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
 
 
 def open_engine(settings: Settings) -> Engine:
@@ -93,7 +106,13 @@ def open_engine(settings: Settings) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    if url.startswith("postgresql+") and not url.startswith("postgresql+psycopg"):
+        raise StorageError("autocore talks to PostgreSQL through psycopg 3: "
+                           "use a postgresql:// or postgresql+psycopg:// DATABASE_URL")
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+    except ModuleNotFoundError as exc:
+        raise StorageError(f"{exc.name} is not installed: pip install 'autocore[postgres]'") from None
 
 
 def _telemetry_insert(engine: Engine) -> tuple[str, Callable[[datetime], Any]]:
@@ -113,6 +132,29 @@ def _telemetry_insert(engine: Engine) -> tuple[str, Callable[[datetime], Any]]:
     if dialect.name == "sqlite":
         return sql, lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S.%f")
     return sql, lambda moment: moment
+
+
+#: COPY statement of the PostgreSQL telemetry writer. Measured against psycopg's
+#: pipelined executemany and multi-row VALUES on loopback (benchmarks/pg_write.py):
+#: 1.4x faster at 50 rows per batch, 2.3x at 500, 1.9x at 5,000.
+_COPY_TELEMETRY = ("COPY telemetry_data (timestamp, device_id, data_type, data_key, data_value, unit) "
+                   "FROM STDIN")
+
+
+def _copy_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Stream telemetry rows into PostgreSQL with COPY, inside the caller's transaction."""
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cursor, cursor.copy(_COPY_TELEMETRY) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+#: Records a batch's idempotency keys in one round trip; returns those that were new.
+_PG_KEYS_INSERT = (
+    "INSERT INTO gateway_message_keys (message_key, received_at) "
+    "SELECT * FROM unnest(%s::text[], %s::timestamp[]) ON CONFLICT (message_key) DO NOTHING "
+    "RETURNING message_key"
+)
 
 
 def _key_insert(engine: Engine) -> tuple[str, str]:
@@ -185,7 +227,7 @@ class Database:
         self._job_retry_s = RETRY_MIN_S
         self._pollers: list[list[Any]] = []  # [fn, interval_s, next_due]
         self._poll_conn: Connection | None = None  # DB thread only, reused by every poll
-        self._watch: FileWatch | None = None
+        self._watch: Any = None  # FileWatch (SQLite) or ListenWatch (PostgreSQL): has stop()
         # Polls still owed after a write by another process (set by the watch thread).
         # Two: the write is seen while the writer may not have committed yet, so
         # one poll follows a write interval later to catch what the first missed.
@@ -195,6 +237,7 @@ class Database:
         self._wake_on_push = False
         self._insert_sql, self._stamp = _telemetry_insert(engine)
         self._key_insert = _key_insert(engine)
+        self._postgres = is_postgres(engine)
 
     # -- event-loop side ---------------------------------------------------
 
@@ -230,25 +273,30 @@ class Database:
         self._wake.set()
         return future
 
-    def add_poller(self, fn: Callable[[Connection], Any], interval_s: float) -> None:
+    def add_poller(self, fn: Callable[[Connection], float | None], interval_s: float) -> None:
         """Run ``fn(conn)`` on the DB thread to look for changes made by other processes.
 
-        On SQLite under Linux the file is watched, so ``fn`` runs (at most every
-        ``interval_s``) only after a write, and otherwise every WATCHED_POLL_S;
-        elsewhere it runs every ``interval_s``.
+        Where changes are announced (SQLite file watch, PostgreSQL LISTEN), ``fn``
+        runs (at most every ``interval_s``) only after one, and otherwise every
+        WATCHED_POLL_S or as soon as ``fn`` last asked for; elsewhere it runs
+        every ``interval_s``.
         """
-        self._pollers.append([fn, interval_s, 0.0])
+        self._pollers.append([fn, interval_s, 0.0, None])
 
-    def _file_changed(self) -> None:
+    def request_poll(self) -> None:
+        """Run the pollers soon: another process (or this one) changed what they look at."""
         self._polls_owed = POLLS_PER_CHANGE
         if self._wake_on_push:  # a busy writer polls within its write interval anyway
             self._wake.set()
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, notify_channel: str | None = None) -> None:
+        """Start the thread; changes are noticed by inotify (SQLite) or LISTEN ``notify_channel``."""
         if self.engine.dialect.name == "sqlite" and self.engine.url.database:
-            self._watch = start_watch(Path(self.engine.url.database), self._file_changed)
+            self._watch = start_watch(Path(self.engine.url.database), self.request_poll)
+        elif self._postgres and notify_channel:
+            self._watch = start_listen(self.engine.url, notify_channel, self.request_poll)
         self._thread = threading.Thread(target=self._run, name="autocore-db", daemon=True)
         self._thread.start()
 
@@ -369,26 +417,34 @@ class Database:
             self._resolve(job, None, exc)
 
     def _run_pollers(self) -> float:
-        """Run the pollers that are due; return when the next one is."""
+        """Run the pollers that are due; return when the next one is.
+
+        A poller may return a number of seconds: it then runs again that soon
+        even if nothing changed (it is waiting for time to pass, e.g. an expiry).
+        """
         now = time.monotonic()
         next_due = now + IDLE_WAIT_S
         changed = self._polls_owed > 0 or self._watch is None
         for poller in self._pollers:
-            fn, interval_s, last = poller
-            due = last + (interval_s if changed else WATCHED_POLL_S)
+            fn, interval_s, last, asked = poller
+            quiet_s = WATCHED_POLL_S if asked is None else max(interval_s, min(asked, WATCHED_POLL_S))
+            due = last + (interval_s if changed else quiet_s)
             if due <= now:
                 self._polls_owed = max(0, self._polls_owed - 1)
                 try:
                     if self._poll_conn is None:
                         self._poll_conn = self.engine.connect()
-                    fn(self._poll_conn)
+                    wanted = fn(self._poll_conn)
                     self._poll_conn.rollback()  # never keep a read snapshot open
                 except SQLAlchemyError as exc:
                     log.warning("database poll %s failed: %s", getattr(fn, "__name__", fn), exc)
                     self._close_poll_conn()
+                    wanted = interval_s
                 poller[2] = now
+                poller[3] = asked = float(wanted) if isinstance(wanted, (int, float)) else None
+                quiet_s = WATCHED_POLL_S if asked is None else max(interval_s, min(asked, WATCHED_POLL_S))
                 owed = self._watch is None or self._polls_owed > 0
-                due = now + (interval_s if owed else WATCHED_POLL_S)
+                due = now + (interval_s if owed else quiet_s)
             next_due = min(next_due, due)
         return next_due
 
@@ -421,7 +477,9 @@ class Database:
         try:
             with self.engine.begin() as conn:
                 rows = self._rows_for(conn, items)
-                if rows:
+                if rows and self._postgres:
+                    _copy_rows(conn, rows)
+                elif rows:
                     conn.exec_driver_sql(self._insert_sql, rows)
         except SQLAlchemyError as exc:
             self.write_errors += 1
@@ -442,10 +500,17 @@ class Database:
         """Positional rows for the prepared INSERT; one timestamp conversion per message."""
         rows: list[tuple[Any, ...]] = []
         stamp = self._stamp
+        fresh = self._record_keys(conn, items) if self._postgres else None
         for item in items:
-            if item.dedup_key is not None and not self._first_delivery(conn, item):
-                self.duplicates_skipped += 1
-                continue
+            if item.dedup_key is not None:
+                if fresh is None:
+                    first = self._first_delivery(conn, item)
+                else:  # the first item holding a new key takes it; a redelivery finds it taken
+                    first = item.dedup_key in fresh or not item.redelivered
+                    fresh.discard(item.dedup_key)
+                if not first:
+                    self.duplicates_skipped += 1
+                    continue
             device_id = item.device_id
             if device_id is None:
                 device_id = self._device_id(conn, item.uuid)
@@ -470,6 +535,19 @@ class Database:
                 return False
         conn.exec_driver_sql(self._key_insert[0], (item.dedup_key, self._stamp(item.received_at)))
         return True
+
+    def _record_keys(self, conn: Connection, items: list[TelemetryItem]) -> set[str]:
+        """Insert every idempotency key of the batch at once (PostgreSQL); return the new ones.
+
+        One round trip instead of one per message; the unique key makes it safe
+        when several gateways store redeliveries of the same message at once.
+        """
+        keyed = [item for item in items if item.dedup_key is not None]
+        if not keyed:
+            return set()
+        result = conn.exec_driver_sql(_PG_KEYS_INSERT, (
+            [item.dedup_key for item in keyed], [item.received_at for item in keyed]))
+        return {key for (key,) in result}
 
     def _device_id(self, conn: Connection, uuid: str) -> int | None:
         cached = self._device_ids.get(uuid)
