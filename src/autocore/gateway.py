@@ -29,7 +29,7 @@ from autocore.pipeline import Pipeline
 from autocore.registry import Registry, mark_gateway_offline, register_gateway
 from autocore.reports import ErrorReporter
 from autocore.ringbuffer import Ring
-from autocore.schema import ensure_schema, local_now
+from autocore.schema import COMMANDS_CHANNEL, ensure_schema, local_now
 from autocore.storage import Database, open_engine, prune_message_keys
 
 log = logging.getLogger(__name__)
@@ -104,17 +104,21 @@ class Gateway:
         reliable = Ring(max(4 * settings.max_concurrent_messages, 256), "reject")
         self.db = Database(engine, ring, settings.telemetry_batch_size,
                            settings.telemetry_flush_interval_s, reliable, settings.write_interval_s)
-        self.db.start()
+        self.db.start(notify_channel=COMMANDS_CHANNEL)
         await self.db.call(register_gateway, settings.gateway_uuid, __version__)
         self.db.post(write_event, "system", "gateway", "startup", {"timestamp": utc_timestamp()})
         self.registry = Registry(self.db, settings.device_cache_size, settings.device_timeout_s,
-                                 settings.gateway_uuid)
+                                 settings.gateway_uuid, shared=settings.shared_group is not None)
         await self.registry.load()
 
     async def _start_mqtt(self) -> None:
         settings = self.settings
         assert self.db is not None and self.registry is not None
-        self.client = MqttClient(settings, topics.SUBSCRIPTIONS, self._on_message)
+        subscriptions = topics.SUBSCRIPTIONS
+        if settings.shared_group is not None:
+            subscriptions = topics.shared(subscriptions, settings.shared_group)
+            log.info("sharing the device traffic with the other gateways of group %r", settings.shared_group)
+        self.client = MqttClient(settings, subscriptions, self._on_message)
         reporter = ErrorReporter(settings.gateway_uuid, self._publish)
         self.reporter = reporter
         self.pipeline = Pipeline(settings, self.db, self.registry, self.metrics, reporter, self._publish)
@@ -125,12 +129,16 @@ class Gateway:
                              status.last_will(settings.gateway_uuid, utc_timestamp()))
         self.client.on_connected = self._on_connected
         self.meter = status.ResourceMeter()
-        await self.client.connect(settings.connect_timeout_s)
-        self.outbox = Outbox(self.db, self.registry, reporter, self._publish, settings.gateway_uuid,
-                             settings.message_timeout_s, settings.command_max_age_s)
+        # The outbox knows the commands a previous run left in flight before the
+        # first message arrives: a persistent session may deliver their answers at once.
+        self.outbox = Outbox(self.db, reporter, self._publish, settings.gateway_uuid,
+                             settings.message_timeout_s, settings.command_max_age_s,
+                             shared=settings.shared_group is not None)
+        self.outbox.on_unknown = self.pipeline.unknown_response
         self.pipeline.outbox = self.outbox
         self.registry.on_online = self.outbox.device_online
         await self.outbox.resume()
+        await self.client.connect(settings.connect_timeout_s)
         self.db.add_poller(self.outbox.feed.poll, settings.command_poll_interval_s)
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
@@ -204,6 +212,7 @@ class Gateway:
         await self.pipeline.drain_tasks(2.0)
         self.registry.flush_last_seen(force=True)
         self.outbox.stop()
+        await self.outbox.drain(2.0)
         await self._stop_database()  # commits what was received; acks are queued on the loop
         await asyncio.sleep(0)
         uuid = self.settings.gateway_uuid

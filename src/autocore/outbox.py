@@ -6,9 +6,10 @@ a pending row whose device stays offline past its maximum age becomes
 (unknown device, bad channel, malformed parameters) becomes ``failed`` with the
 reason and nothing is published.
 
-Delivery is at most once: a row is marked ``sent`` in the database *before* it
-is published, so a gateway killed in between leaves a ``sent`` row that times
-out after a restart instead of switching a relay twice. Relay commands are
+Delivery is at most once: a row is claimed by marking it ``sent`` in the
+database *before* it is published, so a gateway killed in between leaves a
+``sent`` row that times out instead of switching a relay twice, and gateways
+sharing one database never send the same row twice. Relay commands are
 confirmed by the board's ``relays/state`` or relay events (the firmware has no
 response topic); other commands by a ``response`` carrying the ``command_id``.
 """
@@ -18,19 +19,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import Connection
 
 from autocore import envelope, topics
-from autocore.registry import OFFLINE, Registry
+from autocore.registry import ONLINE
 from autocore.reports import ErrorReporter
-from autocore.schema import gateway_commands, local_now
+from autocore.schema import SWEEP_LOCK, devices, gateway_commands, local_now
 from autocore.storage import Database
 
 log = logging.getLogger(__name__)
@@ -69,51 +71,260 @@ class Command:
 
 # -- database side (DB thread) ------------------------------------------------------------
 
+#: Most pending rows examined per claim.
+CLAIM_LIMIT = 200
+#: Pending rows are re-examined this often even without news (expiry, missed changes), s.
+RECHECK_S = 1.0
+#: A ``sent`` row is timed out by whichever gateway sweeps this long after its own
+#: timeout: its sender normally resolves it first; this catches a sender that died.
+ORPHAN_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A command this gateway marked ``sent`` and must now publish (DB thread -> event loop)."""
+
+    command: Command
+    topic: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A command the DB thread resolved by itself: failed, expired, or timed out as an orphan."""
+
+    id: int
+    command_id: str | None
+    device_uuid: str
+    command_type: str
+    status: str
+    error: str
+
+
+def _params(row: Any) -> dict[str, Any] | None:
+    try:
+        params = json.loads(row.payload) if row.payload else {}
+    except (TypeError, ValueError):
+        return None
+    return params if isinstance(params, dict) else None
+
+
+def _problem(row: Any, params: dict[str, Any] | None) -> str | None:
+    """Why a pending row can never be delivered, or None."""
+    if params is None:
+        return "payload is not a JSON object"
+    command_type = (row.command_type or "").strip().lower()
+    if not command_type:
+        return "missing command_type"
+    if command_type == RELAY:
+        problem = _relay_params(params)
+        if problem:
+            return problem
+    if row.device_id is None or row.device_active is False or row.device_active == 0 \
+            or row.device_type == "gateway":
+        return f"unknown device {row.device_uuid!r}"
+    return None
+
 
 class CommandFeed:
-    """Cheap change check on the DB thread: a max-id probe, then only the new rows."""
+    """Claims pending commands on the DB thread; every gateway sharing the database runs one.
 
-    def __init__(self, deliver: Callable[[list[Any]], None]) -> None:
+    A row is claimed by marking it ``sent`` (with this gateway in ``claimed_by``)
+    in the same transaction that selected it, *before* it is published: at most
+    once, also when several gateways poll together (PostgreSQL skips rows
+    another gateway has locked; on SQLite each update is conditional on the row
+    still being ``pending``). Rows for offline devices stay ``pending`` until the
+    device returns or they outlive their maximum age. Cheap when idle: a max-id
+    probe, and a full look only when a row arrived, a device came online, or
+    ``RECHECK_S`` passed.
+    """
+
+    def __init__(self, gateway_uuid: str, default_timeout_s: float, default_max_age_s: float,
+                 deliver: Callable[[list[Claimed], list[Outcome]], None]) -> None:
+        self.gateway_uuid = gateway_uuid
+        self.default_timeout_s = default_timeout_s
+        self.default_max_age_s = default_max_age_s
         self.deliver = deliver
         self.max_id = 0
+        self._recheck = True
+        self._next_recheck = 0.0
+        self._held: set[int] = set()
+        self._waiting = False  # rows held, or sent and unresolved: time alone can change them
 
-    def poll(self, conn: Connection) -> None:
+    def recheck(self) -> None:
+        """Look at every pending row on the next poll (a device came online)."""
+        self._recheck = True
+
+    def poll(self, conn: Connection) -> float | None:
+        """Claim what can be claimed; return RECHECK_S while rows wait for time to pass."""
         top = conn.exec_driver_sql("SELECT max(id) FROM gateway_commands").scalar() or 0
-        if top <= self.max_id:
-            return
-        rows = conn.execute(
-            select(gateway_commands)
-            .where(gateway_commands.c.id > self.max_id, gateway_commands.c.status == PENDING)
-            .order_by(gateway_commands.c.id)
-        ).all()
-        self.max_id = top
-        if rows:
-            self.deliver(rows)
+        now = time.monotonic()
+        if top > self.max_id or self._recheck or now >= self._next_recheck:
+            self._recheck, self._next_recheck = False, now + RECHECK_S
+            claimed, outcomes = self.claim(conn)
+            outcomes += self._orphans(conn)
+            self.max_id = max(self.max_id, top)
+            if claimed or outcomes:
+                self.deliver(claimed, outcomes)
+        return RECHECK_S if self._waiting else None
+
+    def claim(self, conn: Connection) -> tuple[list[Claimed], list[Outcome]]:
+        """Decide every pending row: claim and mark ``sent``, fail, expire, or leave it held."""
+        c, d = gateway_commands.c, devices.c
+        query = (
+            select(gateway_commands, d.id.label("device_id"), d.status.label("device_status"),
+                   d.is_active.label("device_active"), d.type.label("device_type"))
+            .select_from(gateway_commands.outerjoin(devices, d.uuid == c.device_uuid))
+            .where(c.status == PENDING).order_by(c.id).limit(CLAIM_LIMIT)
+        )
+        postgres = conn.dialect.name == "postgresql"
+        if postgres:  # rows another gateway is claiming right now are skipped, not waited for
+            query = query.with_for_update(of=gateway_commands, skip_locked=True)
+        rows = conn.execute(query).all()
+        if not rows:
+            conn.rollback()
+            self._held.clear()
+            return [], []
+        if not postgres:  # SQLite: the writes below start a fresh transaction (no stale snapshot)
+            conn.rollback()
+        claimed: list[Claimed] = []
+        outcomes: list[Outcome] = []
+        held: set[int] = set()
+        now = local_now()
+        for row in rows:
+            params = _params(row)
+            problem = _problem(row, params)
+            max_age = float(row.max_age_s if row.max_age_s is not None else self.default_max_age_s)
+            expired = row.created_at is not None and now - row.created_at > timedelta(seconds=max_age)
+            online = row.device_status == ONLINE
+            if problem is not None:
+                status, error = FAILED, problem
+            elif expired:
+                status = EXPIRED
+                error = "older than its maximum age" if online else "device offline past the command's maximum age"
+            elif not online:
+                if row.id not in self._held:
+                    log.info("command=%s device=%s offline: held", row.command_id or row.id, row.device_uuid)
+                held.add(row.id)
+                continue
+            else:
+                sent = self._mark_sent(conn, row, params or {}, now)
+                if sent is not None:
+                    claimed.append(sent)
+                continue
+            if _finish_row(conn, row.id, (PENDING,), status, error, None, None):
+                outcomes.append(Outcome(row.id, row.command_id, row.device_uuid,
+                                        (row.command_type or "").strip().lower(), status, error))
+        conn.commit()
+        self._held = held
+        return claimed, outcomes
+
+    def _mark_sent(self, conn: Connection, row: Any, params: dict[str, Any], now: datetime) -> Claimed | None:
+        command = Command(
+            id=row.id, command_id=row.command_id or str(uuidlib.uuid4()), device_uuid=row.device_uuid,
+            command_type=(row.command_type or "").strip().lower(), params=params,
+            qos=row.qos if row.qos in (0, 1, 2) else DEFAULT_QOS,
+            timeout_s=float(row.timeout_s or self.default_timeout_s),
+            max_age_s=float(row.max_age_s if row.max_age_s is not None else self.default_max_age_s),
+            created_at=row.created_at or now, status=SENT, sent_at=now,
+        )
+        topic, payload = build_message(command, self.gateway_uuid)
+        result = conn.execute(update(gateway_commands).where(
+            gateway_commands.c.id == row.id, gateway_commands.c.status == PENDING).values(
+            status=SENT, command_id=command.command_id, topic=topic, sent_at=now,
+            claimed_by=self.gateway_uuid, attempts=func.coalesce(gateway_commands.c.attempts, 0) + 1))
+        if result.rowcount != 1:  # another gateway was faster (SQLite)
+            return None
+        return Claimed(command, topic, envelope.dumps(payload))
+
+    def _orphans(self, conn: Connection) -> list[Outcome]:
+        """Time out ``sent`` rows whose sender is gone (one gateway sweeps at a time)."""
+        if conn.dialect.name == "postgresql":
+            if not conn.exec_driver_sql(f"SELECT pg_try_advisory_xact_lock({SWEEP_LOCK})").scalar():
+                conn.rollback()
+                self._waiting = True  # another gateway sweeps; look again soon all the same
+                return []
+        c = gateway_commands.c
+        rows = conn.execute(select(c.id, c.command_id, c.device_uuid, c.command_type, c.timeout_s, c.sent_at)
+                            .where(c.status == SENT)).all()
+        self._waiting = bool(rows or self._held)
+        now = local_now()
+        overdue = [row for row in rows if row.sent_at is not None and now - row.sent_at > timedelta(
+            seconds=float(row.timeout_s or self.default_timeout_s) + ORPHAN_GRACE_S)]
+        if not overdue or conn.dialect.name != "postgresql":
+            conn.rollback()  # SQLite: the updates start a fresh transaction
+        outcomes = []
+        for row in overdue:
+            timeout_s = float(row.timeout_s or self.default_timeout_s)
+            error = f"no confirmation within {timeout_s:g}s (sender gone)"
+            if _finish_row(conn, row.id, (SENT,), TIMEOUT, error, None, None):
+                outcomes.append(Outcome(row.id, row.command_id, row.device_uuid,
+                                        (row.command_type or "").strip().lower(), TIMEOUT, error))
+        conn.commit()
+        return outcomes
 
 
-def load_unfinished(conn: Connection) -> list[Any]:
-    """Rows a previous run left ``pending`` or ``sent`` (restart safety)."""
-    return conn.execute(
-        select(gateway_commands).where(gateway_commands.c.status.in_((PENDING, SENT)))
-        .order_by(gateway_commands.c.id)
-    ).all()
-
-
-def mark_sent(conn: Connection, row_id: int, command_id: str, topic: str, sent_at: datetime) -> None:
-    conn.execute(update(gateway_commands).where(gateway_commands.c.id == row_id).values(
-        status=SENT, command_id=command_id, topic=topic, sent_at=sent_at,
-        attempts=func.coalesce(gateway_commands.c.attempts, 0) + 1))
-
-
-def mark_done(conn: Connection, row_id: int, status: str, error: str | None,
-              response: dict[str, Any] | None, command_id: str | None) -> None:
+def _finish_row(conn: Connection, row_id: int, only_from: tuple[str, ...], status: str, error: str | None,
+                response: dict[str, Any] | None, command_id: str | None) -> bool:
+    """Record an outcome unless the row already has one; True when this call recorded it."""
     values: dict[str, Any] = {"status": status, "completed_at": local_now(), "error_message": error}
     if response is not None:
         values["response_payload"] = json.dumps(response, ensure_ascii=False)
     if command_id is not None:
         values["command_id"] = command_id
-    conn.execute(update(gateway_commands).where(
-        gateway_commands.c.id == row_id, gateway_commands.c.status.in_((PENDING, SENT))).values(**values))
+    result = conn.execute(update(gateway_commands).where(
+        gateway_commands.c.id == row_id, gateway_commands.c.status.in_(only_from)).values(**values))
+    return bool(result.rowcount == 1)
+
+
+def mark_done(conn: Connection, row_id: int, status: str, error: str | None,
+              response: dict[str, Any] | None) -> bool:
+    """Resolve a ``sent`` command; False when it was resolved already (elsewhere, or as an orphan)."""
+    return _finish_row(conn, row_id, (SENT,), status, error, response, None)
+
+
+def load_sent(conn: Connection, gateway_uuid: str) -> list[Any]:
+    """Rows this gateway left ``sent`` before a restart (tracked to their timeout, never re-sent)."""
+    c = gateway_commands.c
+    return conn.execute(select(gateway_commands).where(
+        c.status == SENT, or_(c.claimed_by == gateway_uuid, c.claimed_by.is_(None))).order_by(c.id)).all()
+
+
+def resolve_response(conn: Connection, device_uuid: str, command_id: str, status: str, error: str | None,
+                     response: dict[str, Any]) -> Outcome | None:
+    """A response that reached this gateway for a command another gateway sent (shared subscriptions)."""
+    c = gateway_commands.c
+    row = conn.execute(select(c.id, c.command_type).where(
+        c.command_id == command_id, c.device_uuid == device_uuid, c.status == SENT)).first()
+    if row is None or not _finish_row(conn, row.id, (SENT,), status, error, response, None):
+        return None
+    return Outcome(row.id, command_id, device_uuid, (row.command_type or "").strip().lower(), status, error or "")
+
+
+def confirm_relays(conn: Connection, device_uuid: str, states: dict[int, bool],
+                   gateway_uuid: str) -> list[Outcome]:
+    """Relay states that reached this gateway confirm relay commands other gateways sent.
+
+    Another gateway's previous relay states are unknown here, so a toggle is
+    confirmed by the first state report of its channels.
+    """
+    c = gateway_commands.c
+    rows = conn.execute(select(c.id, c.command_id, c.payload).where(
+        c.device_uuid == device_uuid, c.status == SENT, c.command_type == RELAY,
+        or_(c.claimed_by.is_(None), c.claimed_by != gateway_uuid))).all()
+    outcomes = []
+    for row in rows:
+        params = _params(row) or {}
+        channels = list(states) if params.get("channel") == "all" else [params.get("channel")]
+        if not channels or any(ch not in states for ch in channels):
+            continue
+        action = params.get("command")
+        if action != "toggle" and not all(states[ch] == (action == "on") for ch in channels):
+            continue
+        response = {"channels": {str(ch): states[ch] for ch in channels}}
+        if _finish_row(conn, row.id, (SENT,), ACKED, None, response, None):
+            outcomes.append(Outcome(row.id, row.command_id, device_uuid, RELAY, ACKED, ""))
+    return outcomes
 
 
 # -- building what goes on the wire ----------------------------------------------------------
@@ -159,137 +370,99 @@ def build_message(command: Command, gateway_uuid: str) -> tuple[str, dict[str, A
 
 
 class Outbox:
-    """Tracks every command from pick-up to outcome."""
+    """Publishes what the feed claims and tracks each command to its outcome.
 
-    def __init__(self, db: Database, registry: Registry, reporter: ErrorReporter, publish: Publish,
-                 gateway_uuid: str, default_timeout_s: float, default_max_age_s: float) -> None:
+    With ``shared`` (several gateways behind one shared subscription) a device's
+    answer may reach another gateway than the sender: answers and relay states
+    this gateway cannot match are then resolved in the database, and every
+    outcome is recorded only if no other gateway recorded one first.
+    """
+
+    def __init__(self, db: Database, reporter: ErrorReporter, publish: Publish, gateway_uuid: str,
+                 default_timeout_s: float, default_max_age_s: float, shared: bool = False) -> None:
         self.db = db
-        self.registry = registry
         self.reporter = reporter
         self.publish = publish
         self.gateway_uuid = gateway_uuid
-        self.default_timeout_s = default_timeout_s
-        self.default_max_age_s = default_max_age_s
+        self.shared = shared
         self._loop = asyncio.get_running_loop()
-        self._known: set[int] = set()
         self._outstanding: dict[str, Command] = {}  # command_id -> sent, awaiting confirmation
-        self._waiting: dict[str, list[Command]] = {}  # device uuid -> commands held while offline
         self._relay_states: dict[tuple[str, int], bool] = {}  # last known (device, channel) state
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.outcomes: dict[str, int] = {}
-        self.feed = CommandFeed(self._from_db_thread)
+        #: Called with (device uuid, response) for a response no command of ours matches.
+        self.on_unknown: Callable[[str, dict[str, Any]], None] | None = None
+        self.feed = CommandFeed(gateway_uuid, default_timeout_s, default_max_age_s, self._from_db_thread)
 
     # -- intake ---------------------------------------------------------------------------
 
     async def resume(self) -> None:
-        """Pick up what a previous run left: ``sent`` rows are tracked to their timeout, never re-sent."""
-        rows = await self.db.call(load_unfinished)
-        for row in rows:
-            self.feed.max_id = max(self.feed.max_id, row.id)
-        for row in rows:
-            self._accept(row)
+        """Track rows this gateway left ``sent`` to their timeout; they are never re-sent."""
+        for row in await self.db.call(load_sent, self.gateway_uuid):
+            command = Command(
+                id=row.id, command_id=row.command_id or str(uuidlib.uuid4()), device_uuid=row.device_uuid,
+                command_type=(row.command_type or "").strip().lower(), params=_params(row) or {},
+                qos=row.qos if row.qos in (0, 1, 2) else DEFAULT_QOS,
+                timeout_s=float(row.timeout_s or self.feed.default_timeout_s),
+                max_age_s=float(row.max_age_s if row.max_age_s is not None else self.feed.default_max_age_s),
+                created_at=row.created_at or local_now(), status=SENT, sent_at=row.sent_at,
+            )
+            sent_at = command.sent_at or command.created_at
+            remaining = command.timeout_s - (local_now() - sent_at).total_seconds()
+            self._track(command, max(0.0, remaining))
 
-    def _from_db_thread(self, rows: list[Any]) -> None:
-        self._loop.call_soon_threadsafe(self._accept_many, rows)
+    def _from_db_thread(self, claimed: list[Claimed], outcomes: list[Outcome]) -> None:
+        self._loop.call_soon_threadsafe(self._accept, claimed, outcomes)
 
-    def _accept_many(self, rows: list[Any]) -> None:
-        for row in rows:
-            self._accept(row)
-
-    def _accept(self, row: Any) -> None:
-        if row.id in self._known:
-            return
-        self._known.add(row.id)
-        try:
-            params = json.loads(row.payload) if row.payload else {}
-        except (TypeError, ValueError):
-            params = None
-        command = Command(
-            id=row.id, command_id=row.command_id or str(uuidlib.uuid4()), device_uuid=row.device_uuid,
-            command_type=(row.command_type or "").strip().lower(), params=params or {},
-            qos=row.qos if row.qos in (0, 1, 2) else DEFAULT_QOS,
-            timeout_s=float(row.timeout_s or self.default_timeout_s),
-            max_age_s=float(row.max_age_s if row.max_age_s is not None else self.default_max_age_s),
-            created_at=row.created_at or local_now(), status=row.status, sent_at=row.sent_at,
-        )
-        if command.status == SENT:
-            self._track_after_restart(command)
-            return
-        if not isinstance(params, dict):
-            self._finish(command, FAILED, "payload is not a JSON object")
-            return
-        asyncio.ensure_future(self._dispatch(command))
-
-    def _track_after_restart(self, command: Command) -> None:
-        sent_at = command.sent_at or command.created_at
-        remaining = command.timeout_s - (local_now() - sent_at).total_seconds()
-        self._outstanding[command.command_id] = command
-        command.timer = self._loop.call_later(max(0.0, remaining), self._timed_out, command)
-
-    async def _dispatch(self, command: Command) -> None:
-        problem = None
-        if command.command_type == RELAY:
-            problem = _relay_params(command.params)
-        elif not command.command_type:
-            problem = "missing command_type"
-        if problem is None:
-            device = await self.registry.resolve(command.device_uuid)
-            if device is None:
-                problem = f"unknown device {command.device_uuid!r}"
-            elif device.status == OFFLINE:
-                if self._expired(command):
-                    self._finish(command, EXPIRED, "device offline past the command's maximum age")
-                else:
-                    self._waiting.setdefault(command.device_uuid, []).append(command)
-                    log.info("command=%s device=%s offline: held", command.command_id, command.device_uuid)
-                return
-        if problem is not None:
-            self._finish(command, FAILED, problem)
-            return
-        await self._send(command)
-
-    def _expired(self, command: Command) -> bool:
-        return local_now() - command.created_at > timedelta(seconds=command.max_age_s)
+    def _accept(self, claimed: list[Claimed], outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            self._count(outcome)
+        for item in claimed:
+            self._track(item.command, item.command.timeout_s)
+            self._spawn(self._publish(item))
 
     def device_online(self, uuid: str) -> None:
-        """A device came back: deliver what it missed, unless it is too old by now."""
-        for command in self._waiting.pop(uuid, []):
-            if self._expired(command):
-                self._finish(command, EXPIRED, "device offline past the command's maximum age")
-            else:
-                asyncio.ensure_future(self._send(command))
+        """A device came back: its held commands are looked at on the next poll."""
+        self.feed.recheck()
+        self.db.request_poll()
 
-    async def _send(self, command: Command) -> None:
-        if self._expired(command):
-            self._finish(command, EXPIRED, "older than its maximum age")
-            return
-        topic, payload = build_message(command, self.gateway_uuid)
-        command.sent_at = local_now()
-        await self.db.call(mark_sent, command.id, command.command_id, topic, command.sent_at)
-        command.status = SENT
+    def _track(self, command: Command, timeout_s: float) -> None:
         self._outstanding[command.command_id] = command
-        command.timer = self._loop.call_later(command.timeout_s, self._timed_out, command)
-        body = envelope.dumps(payload)
+        command.timer = self._loop.call_later(timeout_s, self._timed_out, command)
+
+    async def _publish(self, item: Claimed) -> None:
+        command = item.command
         for attempt in range(1, MAX_PUBLISH_ATTEMPTS + 1):
-            info = self.publish(topic, body, command.qos, False)
+            info = self.publish(item.topic, item.body, command.qos, False)
             if info.rc in (0, 4):  # success, or queued by paho until the broker is back
-                log.info("command=%s device=%s sent on %s", command.command_id, command.device_uuid, topic)
+                log.info("command=%s device=%s sent on %s", command.command_id, command.device_uuid, item.topic)
                 return
             await asyncio.sleep(PUBLISH_RETRY_S * attempt)
         self._finish(command, FAILED, f"could not publish after {MAX_PUBLISH_ATTEMPTS} attempts")
 
     # -- correlation --------------------------------------------------------------------------
 
-    def on_response(self, device_uuid: str, data: dict[str, Any]) -> bool:
-        """A ``response`` from a device; True when it answered one of our commands."""
-        command = self._outstanding.get(str(data.get("command_id")))
-        if command is None or command.device_uuid != device_uuid:
-            return False
-        if data.get("success") is False:
-            error = data.get("error_message")
-            self._finish(command, FAILED, str(error) if error else "device reported failure", data)
-        else:
-            self._finish(command, ACKED, None, data)
-        return True
+    def on_response(self, device_uuid: str, data: dict[str, Any]) -> None:
+        """A ``response`` from a device: resolve the command it answers."""
+        command_id = str(data.get("command_id"))
+        failed = data.get("success") is False
+        error = (str(data.get("error_message") or "device reported failure")) if failed else None
+        command = self._outstanding.get(command_id)
+        if command is not None and command.device_uuid == device_uuid:
+            self._finish(command, FAILED if failed else ACKED, error, data)
+        elif self.shared and isinstance(data.get("command_id"), str):
+            self._spawn(self._resolve_elsewhere(device_uuid, command_id, FAILED if failed else ACKED,
+                                                error, data))
+        elif self.on_unknown is not None:
+            self.on_unknown(device_uuid, data)
+
+    async def _resolve_elsewhere(self, device_uuid: str, command_id: str, status: str, error: str | None,
+                                 data: dict[str, Any]) -> None:
+        outcome = await self.db.call(resolve_response, device_uuid, command_id, status, error, data)
+        if outcome is not None:
+            self._count(outcome)
+        elif self.on_unknown is not None:
+            self.on_unknown(device_uuid, data)
 
     def on_relay_states(self, device_uuid: str, states: dict[int, bool]) -> None:
         """Relay states seen on ``relays/state`` or a relay event confirm pending relay commands."""
@@ -308,13 +481,16 @@ class Outbox:
                 self._finish(command, ACKED, None, {"channels": {str(ch): states[ch] for ch in channels}})
         for channel, state in states.items():
             self._relay_states[(device_uuid, channel)] = state
+        if self.shared:
+            self._spawn(self._confirm_elsewhere(device_uuid, states))
+
+    async def _confirm_elsewhere(self, device_uuid: str, states: dict[int, bool]) -> None:
+        for outcome in await self.db.call(confirm_relays, device_uuid, states, self.gateway_uuid):
+            self._count(outcome)
 
     def _timed_out(self, command: Command) -> None:
-        if self._outstanding.get(command.command_id) is not command:
-            return
-        self._finish(command, TIMEOUT, f"no confirmation within {command.timeout_s:g}s")
-        self.reporter.report("ERR_003", f"Command {command.command_id} timed out", command.device_uuid,
-                             command_id=command.command_id, command_type=command.command_type)
+        if self._outstanding.get(command.command_id) is command:
+            self._finish(command, TIMEOUT, f"no confirmation within {command.timeout_s:g}s")
 
     def _finish(self, command: Command, status: str, error: str | None,
                 response: dict[str, Any] | None = None) -> None:
@@ -322,14 +498,38 @@ class Outbox:
         if command.timer is not None:
             command.timer.cancel()
         command.status = status
-        self.outcomes[status] = self.outcomes.get(status, 0) + 1
-        level = logging.INFO if status == ACKED else logging.WARNING
-        log.log(level, "command=%s device=%s %s%s", command.command_id, command.device_uuid, status,
-                f": {error}" if error else "")
-        self.db.post(mark_done, command.id, status, error, response, command.command_id)
+        self._spawn(self._record(command, status, error, response))
+
+    async def _record(self, command: Command, status: str, error: str | None,
+                      response: dict[str, Any] | None) -> None:
+        if not await self.db.call(mark_done, command.id, status, error, response):
+            log.debug("command=%s already resolved elsewhere", command.command_id)
+            return
+        self._count(Outcome(command.id, command.command_id, command.device_uuid, command.command_type,
+                            status, error or ""))
+
+    def _count(self, outcome: Outcome) -> None:
+        """Log, count and (for timeouts) report an outcome this gateway recorded."""
+        self.outcomes[outcome.status] = self.outcomes.get(outcome.status, 0) + 1
+        level = logging.INFO if outcome.status == ACKED else logging.WARNING
+        log.log(level, "command=%s device=%s %s%s", outcome.command_id or outcome.id, outcome.device_uuid,
+                outcome.status, f": {outcome.error}" if outcome.error else "")
+        if outcome.status == TIMEOUT:
+            self.reporter.report("ERR_003", f"Command {outcome.command_id} timed out", outcome.device_uuid,
+                                 command_id=outcome.command_id, command_type=outcome.command_type)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let outcomes being recorded reach the database (shutdown)."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
 
     def stop(self) -> None:
-        """Cancel timers; rows stay ``sent``/``pending`` for the next run to resolve."""
+        """Cancel timers; ``sent`` rows stay for the next run (or another gateway) to resolve."""
         for command in self._outstanding.values():
             if command.timer is not None:
                 command.timer.cancel()

@@ -284,6 +284,8 @@ class Pipeline:
 
     async def _status(self, message: Message, retained: bool) -> None:
         device = await self.registry.resolve(message.uuid)
+        if device is None and self._is_gateway(message.uuid):  # a peer gateway's status
+            return
         if device is None:
             self.metrics.reject("unknown_device", message.uuid)
             if self._may_log(message.uuid, "unknown_device"):
@@ -308,11 +310,16 @@ class Pipeline:
 
     def _on_response(self, message: Message, delivery: Delivery) -> None:
         data = message.data or {}
-        if self.outbox is not None and self.outbox.on_response(message.uuid, data):
-            return
-        self.metrics.reject("unknown_command", message.uuid)
-        if self._may_log(message.uuid, "unknown_command"):
-            log.warning("device=%s response to unknown command %s%s", message.uuid, data.get("command_id"),
+        if self.outbox is not None:
+            self.outbox.on_response(message.uuid, data)  # calls unknown_response when nothing matches
+        else:
+            self.unknown_response(message.uuid, data)
+
+    def unknown_response(self, uuid: str, data: dict[str, Any]) -> None:
+        """A response that answers no command: counted and logged (throttled)."""
+        self.metrics.reject("unknown_command", uuid)
+        if self._may_log(uuid, "unknown_command"):
+            log.warning("device=%s response to unknown command %s%s", uuid, data.get("command_id"),
                         self._suppressed_note())
 
     def _on_mode(self, message: Message, delivery: Delivery) -> None:

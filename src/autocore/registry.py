@@ -22,18 +22,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from autocore.events import write_event
 from autocore.ratelimit import RateLimiter
-from autocore.schema import devices, local_now
+from autocore.schema import SWEEP_LOCK, devices, local_now
 from autocore.storage import Database
 
 log = logging.getLogger(__name__)
 
 ONLINE = "online"
 OFFLINE = "offline"
+#: ``devices.type`` of gateway rows (this gateway and its peers): never tracked as devices.
+GATEWAY_TYPE = "gateway"
 #: How often buffered last_seen times are written.
 LAST_SEEN_WRITE_S = 5.0
 #: How long a uuid missing from the database is remembered as unknown.
@@ -129,13 +131,66 @@ def upsert_announced(conn: Connection, uuid: str, data: dict[str, Any]) -> int |
 
 
 def set_status(conn: Connection, device_id: int, uuid: str, status: str,
-               seen_at: datetime | None, reason: str | None) -> None:
+               seen_at: datetime | None, reason: str | None) -> bool:
+    """Write a status transition and its event, unless the row already has that status.
+
+    Conditional, so that gateways sharing the database (or a retry) record each
+    transition once.
+    """
     values: dict[str, Any] = {"status": status, "updated_at": local_now()}
     if seen_at is not None:
         values["last_seen"] = seen_at
-    conn.execute(update(devices).where(devices.c.id == device_id).values(**values))
+    changed = conn.execute(update(devices).where(
+        devices.c.id == device_id, or_(devices.c.status.is_(None), devices.c.status != status)).values(**values))
+    if changed.rowcount != 1:
+        if seen_at is not None:
+            conn.execute(update(devices).where(devices.c.id == device_id).values(last_seen=seen_at))
+        return False
     payload = {"reason": reason} if reason else None
     write_event(conn, "device", uuid, status, payload=payload)
+    return True
+
+
+def write_last_seen_shared(conn: Connection, rows: list[tuple[int, datetime]]) -> list[str]:
+    """``last_seen`` of devices heard here, and the online transitions they imply (shared mode).
+
+    Another gateway may have timed a device out while its messages reached this
+    one, so every device heard is set online where it is not, and an event is
+    written for each row that changed. Returns the uuids that came online.
+    """
+    write_last_seen(conn, rows)
+    now = local_now()
+    came_online = conn.execute(
+        update(devices).where(devices.c.id.in_([device_id for device_id, _ in rows]),
+                              or_(devices.c.status.is_(None), devices.c.status != ONLINE),
+                              devices.c.type != GATEWAY_TYPE)
+        .values(status=ONLINE, updated_at=now).returning(devices.c.uuid)).scalars().all()
+    for uuid in came_online:
+        write_event(conn, "device", uuid, ONLINE, payload={"reason": "seen"})
+    return list(came_online)
+
+
+def sweep_offline(conn: Connection, timeout_s: float) -> tuple[list[str], dict[str, str]]:
+    """Time out silent devices from the database's ``last_seen`` (shared mode).
+
+    Every gateway writes the ``last_seen`` of the devices it hears, so the
+    database is the one place that knows who went silent. On PostgreSQL one
+    gateway sweeps at a time (advisory lock); the update is conditional anyway.
+    Returns the uuids that went offline and every device's current status.
+    """
+    went_offline: list[str] = []
+    if conn.dialect.name != "postgresql" or conn.exec_driver_sql(
+            f"SELECT pg_try_advisory_xact_lock({SWEEP_LOCK})").scalar():
+        cutoff = local_now() - timedelta(seconds=timeout_s + LAST_SEEN_WRITE_S)
+        went_offline = list(conn.execute(
+            update(devices).where(devices.c.status == ONLINE, devices.c.last_seen < cutoff,
+                                  devices.c.type != GATEWAY_TYPE)
+            .values(status=OFFLINE, updated_at=local_now()).returning(devices.c.uuid)).scalars().all())
+        for uuid in went_offline:
+            write_event(conn, "device", uuid, OFFLINE, payload={"reason": "timeout"})
+    statuses = {row.uuid: row.status or OFFLINE for row in conn.execute(
+        select(devices.c.uuid, devices.c.status).where(devices.c.type != GATEWAY_TYPE))}
+    return went_offline, statuses
 
 
 def write_last_seen(conn: Connection, rows: list[tuple[int, datetime]]) -> None:
@@ -153,7 +208,7 @@ def register_gateway(conn: Connection, uuid: str, version: str) -> int:
             status=ONLINE, last_seen=now, updated_at=now, firmware_version=version[:20]))
         return int(existing)
     result = conn.execute(insert(devices).values(
-        uuid=uuid, name="AutoCore Gateway", type="gateway", firmware_version=version[:20],
+        uuid=uuid, name="AutoCore Gateway", type=GATEWAY_TYPE, firmware_version=version[:20],
         ip_address="127.0.0.1", status=ONLINE, last_seen=now, configuration_json="{}",
         capabilities_json="[]", is_active=True, created_at=now, updated_at=now,
     ))
@@ -173,14 +228,17 @@ class Registry:
     """LRU cache of known devices plus presence tracking."""
 
     def __init__(self, db: Database, cache_size: int, device_timeout_s: float,
-                 gateway_uuid: str) -> None:
+                 gateway_uuid: str, shared: bool = False) -> None:
         self.db = db
         self.gateway_uuid = gateway_uuid
+        #: Several gateways split the traffic: presence is decided in the database.
+        self.shared = shared
         self.cache_size = cache_size
         self.device_timeout_s = device_timeout_s
         self._cache: OrderedDict[str, Device] = OrderedDict()
         self._unknown: OrderedDict[str, float] = OrderedDict()
         self._lookups: dict[str, asyncio.Future[Device | None]] = {}
+        self._peers: set[str] = set()  # uuids of other gateways' rows
         self._last_seen_flushed = time.monotonic()
         self._lookup_budget = RateLimiter(LOOKUPS_PER_S, LOOKUP_BURST)
         self.lookups_done = 0
@@ -192,12 +250,15 @@ class Registry:
         """Fill the cache with active devices so known devices never cost a query."""
         now = time.monotonic()
         for row in await self.db.call(load_active, self.cache_size):
-            if not self.is_gateway(row.uuid):
+            if row.type == GATEWAY_TYPE:
+                self._peers.add(row.uuid)
+            elif not self.is_gateway(row.uuid):
                 self._remember(_row_to_device(row, now))
 
     def is_gateway(self, uuid: str) -> bool:
-        """The gateway itself (and peers named ``gateway-*``) are not tracked as devices (D17)."""
-        return uuid == self.gateway_uuid or uuid.startswith("gateway-")
+        """Gateways are not tracked as devices: this one, peers named ``gateway-*`` (D17), and
+        every uuid the database lists as a gateway (the other members of a shared group)."""
+        return uuid == self.gateway_uuid or uuid.startswith("gateway-") or uuid in self._peers
 
     def _remember(self, device: Device) -> Device:
         self._cache[device.uuid] = device
@@ -246,6 +307,8 @@ class Registry:
         finally:
             self._lookups.pop(uuid, None)
         self.lookups_done += 1
+        if row is not None and row.type == GATEWAY_TYPE:
+            self._peers.add(uuid)
         if row is None or self.is_gateway(uuid):
             self._unknown[uuid] = time.monotonic() + UNKNOWN_TTL_S
             while len(self._unknown) > self.cache_size:
@@ -298,6 +361,10 @@ class Registry:
 
     def sweep(self) -> int:
         """Mark devices silent for longer than DEVICE_TIMEOUT offline; return how many."""
+        if self.shared:
+            self.flush_last_seen(force=True)
+            self._spawn_sweep()
+            return 0
         now = time.monotonic()
         changed = 0
         for device in list(self._cache.values()):
@@ -318,9 +385,40 @@ class Registry:
             if device.last_seen_dirty:
                 rows.append((device.id, _wall_time(device.last_seen_monotonic)))
                 device.last_seen_dirty = False
-        if rows:
+        if rows and self.shared:
+            future = self.db.call(write_last_seen_shared, rows)
+            future.add_done_callback(self._came_online)
+        elif rows:
             self.db.post(write_last_seen, rows)
         return len(rows)
+
+    # -- shared mode: the database decides presence ------------------------------------
+
+    def _came_online(self, future: asyncio.Future[list[str]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        for uuid in future.result():
+            device = self.get(uuid)
+            if device is not None and device.status != ONLINE:
+                log.info("device=%s online (seen)", uuid)
+                device.status = ONLINE
+            if self.on_online is not None:
+                self.on_online(uuid)
+
+    def _spawn_sweep(self) -> None:
+        future = self.db.call(sweep_offline, self.device_timeout_s)
+        future.add_done_callback(self._swept)
+
+    def _swept(self, future: asyncio.Future[tuple[list[str], dict[str, str]]]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        went_offline, statuses = future.result()
+        for uuid in went_offline:
+            log.info("device=%s offline (timeout)", uuid)
+        for uuid, status in statuses.items():
+            device = self._cache.get(uuid)
+            if device is not None:
+                device.status = status
 
     def online_count(self) -> int:
         return sum(1 for d in self._cache.values() if d.status == ONLINE)

@@ -29,6 +29,15 @@ SUBSCRIPTIONS: tuple[tuple[str, int], ...] = (
 )
 
 
+def shared(subscriptions: tuple[tuple[str, int], ...], group: str) -> tuple[tuple[str, int], ...]:
+    """The same filters as MQTT 5 shared subscriptions: the broker gives each message to one member.
+
+    Shared subscriptions receive no retained messages, so gateways in a group
+    rely on the database for presence instead of retained device statuses.
+    """
+    return tuple((f"$share/{group}/{topic_filter}", qos) for topic_filter, qos in subscriptions)
+
+
 def status_topic(uuid: str) -> str:
     """Retained online/offline status of a device or of the gateway itself."""
     return f"{ROOT}/devices/{uuid}/status"
@@ -64,5 +73,5 @@ def telemetry_topic(uuid: str) -> str:
 
 __all__ = [
     "ROOT", "SUBSCRIPTIONS", "Topic", "announce_topic", "command_topic", "device_command_topic", "error_topic",
-    "parse_topic", "relay_set_topic", "status_topic", "telemetry_topic",
+    "parse_topic", "relay_set_topic", "shared", "status_topic", "telemetry_topic",
 ]
