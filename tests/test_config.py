@@ -81,6 +81,8 @@ def test_credentials_need_both_values_and_enable_auth() -> None:
     ("LOG_LEVEL", "LOUD", "one of DEBUG"),
     ("MQTT_CLIENT_ID", "bad/id+", "1-64 characters"),
     ("MQTT_TLS_CA_FILE", "/nonexistent/ca.pem", "existing file"),
+    ("AUTOCORE_SHARED_GROUP", "fleet/one", "1-64 characters"),
+    ("AUTOCORE_SHARED_GROUP", "+", "1-64 characters"),
 ])
 def test_bad_values_name_the_key_and_expected_form(env: str, value: str, expected: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -95,6 +97,26 @@ def test_secrets_never_show() -> None:
     shown = dict((env, value) for env, value, _ in settings.redacted())
     assert shown["MQTT_PASSWORD"] == "********"
     assert shown["SECRET_KEY"] == "********"
+
+
+def test_database_url_password_never_shows() -> None:
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://autocore:hunter2@db.local/autocore"},
+                                 env_file=None)
+    shown = dict((env, value) for env, value, _ in settings.redacted())
+    assert "hunter2" not in shown["DATABASE_URL"]
+    assert shown["DATABASE_URL"].startswith("postgresql://autocore:***@db.local")
+
+
+def test_postgres_urls_get_psycopg_and_sqlite_is_the_default(tmp_path: Path) -> None:
+    from autocore.storage import database_url
+
+    for given in ("postgresql://u@h/db", "postgres://u@h/db", "postgresql+psycopg://u@h/db"):
+        assert database_url(Settings.from_env({"DATABASE_URL": given}, env_file=None)) == \
+            "postgresql+psycopg://u@h/db"
+    default = Settings.from_env({"DATABASE_PATH": str(tmp_path / "a.db")}, env_file=None)
+    assert database_url(default) == f"sqlite:///{tmp_path / 'a.db'}"
+    assert Settings.from_env({}, env_file=None).shared_group is None
+    assert Settings.from_env({"AUTOCORE_SHARED_GROUP": "depot"}, env_file=None).shared_group == "depot"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None

@@ -91,6 +91,15 @@ def _device_id() -> tuple[Callable[[str], str], str]:
     return parse, "1-64 characters of [A-Za-z0-9_.:-]"
 
 
+def _optional_device_id() -> tuple[Callable[[str], str | None], str]:
+    parse_id, expected = _device_id()
+
+    def parse(text: str) -> str | None:
+        return parse_id(text) if text.strip() else None
+
+    return parse, f"empty, or {expected}"
+
+
 def _log_level() -> tuple[Callable[[str], str], str]:
     def parse(text: str) -> str:
         value = text.strip().upper()
@@ -196,6 +205,8 @@ KEYS: tuple[Key, ...] = (
         "port of the /metrics, /healthz and /readyz endpoints (0: off)"),
     Key("AUTOCORE_METRICS_HOST", "metrics_host", "127.0.0.1", _text(),
         "address those endpoints listen on (loopback: only this machine)"),
+    Key("AUTOCORE_SHARED_GROUP", "shared_group", None, _optional_device_id(),
+        "share name: subscribe via $share/<name>/... so several gateways split the traffic"),
     Key("AUTOCORE_LOG_FORMAT", "log_format", "text", _choice("text", "json"),
         "log line format: text, or json (one JSON object per line)"),
 )
@@ -241,6 +252,7 @@ class Settings:
     tls_insecure: bool
     metrics_port: int
     metrics_host: str
+    shared_group: str | None
     log_format: str
 
     @classmethod
@@ -305,6 +317,8 @@ class Settings:
             value = getattr(self, key.field)
             if key.field in SECRET_FIELDS and value:
                 shown = "********"
+            elif key.field == "database_url" and value:
+                shown = redact_url(value)
             elif value is None:
                 shown = "(unset)"
             else:
@@ -318,6 +332,17 @@ class Settings:
             value = getattr(self, f.name)
             parts.append(f"{f.name}={'***' if f.name in SECRET_FIELDS and value else repr(value)}")
         return f"Settings({', '.join(parts)})"
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password masked, for logs and ``check-config``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "(unparsable URL)"
 
 
 def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:

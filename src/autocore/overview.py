@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from autocore.config import Settings
+from autocore.config import Settings, redact_url
 from autocore.errors import StorageError
 from autocore.schema import devices, telemetry_data
 from autocore.storage import database_url, open_engine
@@ -140,7 +140,7 @@ def from_database(settings: Settings) -> list[tuple[str, str]]:
         last = f"{newest:%Y-%m-%d %H:%M:%S} ({(datetime.now() - newest).total_seconds():.0f} s ago)"
     else:
         last = "none"
-    return [("database", database_url(settings)), ("devices online", str(online)),
+    return [("database", redact_url(database_url(settings))), ("devices online", str(online)),
             ("last telemetry row", last)]
 
 
