@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.engine import Connection
 
 from autocore import envelope, topics
-from autocore.registry import ONLINE
+from autocore.registry import GATEWAY_TYPE, ONLINE
 from autocore.reports import ErrorReporter
 from autocore.schema import SWEEP_LOCK, devices, gateway_commands, local_now
 from autocore.storage import Database
@@ -71,8 +71,10 @@ class Command:
 
 # -- database side (DB thread) ------------------------------------------------------------
 
-#: Most pending rows examined per claim.
+#: Most pending rows claimed (or failed) per poll.
 CLAIM_LIMIT = 200
+#: Most pending rows of offline devices looked at per poll (for expiry).
+HELD_LIMIT = 1000
 #: Pending rows are re-examined this often even without news (expiry, missed changes), s.
 RECHECK_S = 1.0
 #: A ``sent`` row is timed out by whichever gateway sweeps this long after its own
@@ -169,18 +171,26 @@ class CommandFeed:
         return RECHECK_S if self._waiting else None
 
     def claim(self, conn: Connection) -> tuple[list[Claimed], list[Outcome]]:
-        """Decide every pending row: claim and mark ``sent``, fail, expire, or leave it held."""
+        """Decide every pending row: claim and mark ``sent``, fail, expire, or leave it held.
+
+        Rows for offline devices are read by a query of their own, so however
+        many wait for their devices, a new row for an online one is never
+        crowded out of the batch.
+        """
         c, d = gateway_commands.c, devices.c
-        query = (
+        waits = and_(d.id.is_not(None), d.is_active.is_not(False), d.type != GATEWAY_TYPE,
+                     or_(d.status.is_(None), d.status != ONLINE))
+        base = (
             select(gateway_commands, d.id.label("device_id"), d.status.label("device_status"),
                    d.is_active.label("device_active"), d.type.label("device_type"))
             .select_from(gateway_commands.outerjoin(devices, d.uuid == c.device_uuid))
-            .where(c.status == PENDING).order_by(c.id).limit(CLAIM_LIMIT)
+            .where(c.status == PENDING).order_by(c.id)
         )
+        queries = [base.where(not_(waits)).limit(CLAIM_LIMIT), base.where(waits).limit(HELD_LIMIT)]
         postgres = conn.dialect.name == "postgresql"
         if postgres:  # rows another gateway is claiming right now are skipped, not waited for
-            query = query.with_for_update(of=gateway_commands, skip_locked=True)
-        rows = conn.execute(query).all()
+            queries = [query.with_for_update(of=gateway_commands, skip_locked=True) for query in queries]
+        rows = [row for query in queries for row in conn.execute(query).all()]
         if not rows:
             conn.rollback()
             self._held.clear()
