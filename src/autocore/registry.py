@@ -348,10 +348,15 @@ class Registry:
             self.set_status(device, ONLINE, None)
 
     def set_status(self, device: Device, status: str, reason: str | None) -> None:
-        """Record a status transition once, in memory and in the database."""
-        if device.status == status:
+        """Record a status transition once, in memory and in the database.
+
+        With several gateways this one's memory may be stale (another gateway
+        saw the device come back), so the database's conditional update decides.
+        """
+        if device.status == status and not self.shared:
             return
-        log.info("device=%s %s%s", device.uuid, status, f" ({reason})" if reason else "")
+        if device.status != status:
+            log.info("device=%s %s%s", device.uuid, status, f" ({reason})" if reason else "")
         device.status = status
         seen_at = _wall_time(device.last_seen_monotonic) if status == ONLINE else None
         device.last_seen_dirty = False if status == ONLINE else device.last_seen_dirty
