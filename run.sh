@@ -59,7 +59,7 @@ ensure_venv() {
     log "installing autocore ($build build) into $venv"
     case "$build" in
         compiled)
-            AUTOCORE_NO_EXTENSIONS= AUTOCORE_REQUIRE_EXTENSIONS=1 "${pip[@]}" install -q ".[accel,test]"
+            AUTOCORE_NO_EXTENSIONS= AUTOCORE_REQUIRE_EXTENSIONS=1 "${pip[@]}" install -q ".[accel,test,postgres]"
             ;;
         pure)
             "${pip[@]}" uninstall -q -y pysimdjson uvloop >/dev/null 2>&1 || true
