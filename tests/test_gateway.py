@@ -302,3 +302,11 @@ def test_discovery_modes_and_responses_are_handled_quietly(env) -> None:  # type
     wait_for(lambda: "mode=parking status=active source=macro_executor" in gateway.log)
     assert observer.drain(quiet_s=0.5) == []  # no error storm for app messages
     assert gateway.alive()
+
+
+def test_two_gateways_with_one_client_id_are_told_so(env) -> None:  # type: ignore[no-untyped-def]
+    """A copy-pasted MQTT_CLIENT_ID makes two gateways take each other's session: say it plainly."""
+    first = env.gateway(AUTOCORE_SHARED_GROUP="autocore")
+    second = env.gateway(AUTOCORE_SHARED_GROUP="autocore")
+    hint = "may use MQTT_CLIENT_ID=autocore-gateway; every gateway needs its own client id"
+    wait_for(lambda: hint in first.log + second.log, timeout_s=20, what="the clash to be logged")

@@ -37,6 +37,14 @@ RECONNECT_JITTER = 0.25
 CONNACK_WAIT_S = 5.0
 #: Messages paho may hold while the broker is away.
 MAX_QUEUED_MESSAGES = 10_000
+#: MQTT 5 DISCONNECT reason: another client connected with our client id.
+SESSION_TAKEN_OVER = 0x8E
+#: Connections dropped within SHORT_SESSION_S of being made, TAKEOVER_HINT_AFTER
+#: times in a row (and every TAKEOVER_HINT_EVERY after), look like a client id clash
+#: (brokers do not always say "session taken over").
+SHORT_SESSION_S = 5.0
+TAKEOVER_HINT_AFTER = 3
+TAKEOVER_HINT_EVERY = 20
 
 #: Bytes taken from the socket per recv(): one system call serves many packets.
 RECV_CHUNK_BYTES = 64 * 1024
@@ -108,13 +116,16 @@ class MqttClient:
         self._ever_connected = False
         self._pending_subscribe_mids: set[int] = set()
         self._last_refusal: str | None = None
+        self.client_id = client_id or settings.gateway_uuid
+        self._connected_at = 0.0
+        self._short_sessions = 0  # connections in a row dropped soon after being made
 
         # A stable client id and a session that outlives the connection let the
         # broker keep QoS 1 messages for us while we are away; manual acks let
         # the gateway acknowledge telemetry only once its rows are committed.
         self.client = _BufferedClient(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id or settings.gateway_uuid,
+            client_id=self.client_id,
             protocol=mqtt.MQTTv5,
             manual_ack=True,
         )
@@ -313,6 +324,7 @@ class MqttClient:
         else:
             log.info("connected to broker %s", self._where())
         self._ever_connected = True
+        self._connected_at = time.monotonic()
         self._last_refusal = None
         self.subscribed.clear()
         if self.subscriptions:
@@ -345,6 +357,13 @@ class MqttClient:
             return
         if was_connected:
             log.warning("lost broker %s: %s", self._where(), reason_code)
+            self._short_sessions = self._short_sessions + 1 if (
+                time.monotonic() - self._connected_at < SHORT_SESSION_S) else 0
+            if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER or \
+                    self._short_sessions % TAKEOVER_HINT_EVERY == TAKEOVER_HINT_AFTER:
+                log.error("the broker keeps dropping this gateway right after it connects: another client "
+                          "(a second gateway?) may use MQTT_CLIENT_ID=%s; every gateway needs its own "
+                          "client id", self.client_id)
         self._schedule_reconnect()
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
