@@ -196,3 +196,30 @@ def test_presence_is_decided_once_across_gateways(cluster) -> None:  # type: ign
     assert events(silent) == ["online", "offline", "online"]
     assert cluster.db.rows("SELECT status FROM devices WHERE uuid=%s", silent) == [{"status": "online"}]
     assert "unknown_device" not in first.log + second.log  # peers' heartbeats are not devices
+
+
+def test_relay_commands_are_confirmed_by_whichever_gateway_hears_the_board(cluster) -> None:  # type: ignore[no-untyped-def]
+    """The board's ``relays/state`` may reach the gateway that did not send the command."""
+    from tests.test_commands import RelayBoard
+
+    uuid = "esp32-relay-001"
+    cluster.db.register(uuid)
+    gateways = [cluster.gateway(name) for name in ("gw-a", "gw-b")]
+    board = RelayBoard(cluster.broker, uuid)
+    try:
+        board.client.publish(f"autocore/devices/{uuid}/status", json.dumps(
+            {"protocol_version": "2.2.0", "uuid": uuid, "status": "online"}), qos=1)
+        wait_for(lambda: cluster.db.rows("SELECT status FROM devices WHERE uuid=%s", uuid)
+                 == [{"status": "online"}], what="board online")
+        ids = [cluster.db.insert_command(uuid, "relay", {"channel": ch, "command": "on"}) for ch in range(1, 13)]
+        wait_for(lambda: cluster.db.rows("SELECT count(*) AS n FROM gateway_commands WHERE status='acked'")
+                 [0]["n"] == len(ids), timeout_s=20, what="every relay command acked")
+        rows = cluster.db.rows("SELECT * FROM gateway_commands ORDER BY id")
+        assert all(row["attempts"] == 1 and json.loads(row["response_payload"])["channels"] for row in rows)
+        assert sorted(c["channel"] for c in board.commands) == list(range(1, 13))
+        logs = "".join(g.log for g in gateways)
+        recorded = Counter(re.findall(r"command=(\S+) device=\S+ acked\b", logs))
+        assert sorted(recorded) == sorted(row["command_id"] for row in rows)
+        assert set(recorded.values()) == {1}
+    finally:
+        board.close()

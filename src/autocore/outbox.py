@@ -123,7 +123,7 @@ def _problem(row: Any, params: dict[str, Any] | None) -> str | None:
         if problem:
             return problem
     if row.device_id is None or row.device_active is False or row.device_active == 0 \
-            or row.device_type == "gateway":
+            or row.device_type == GATEWAY_TYPE:
         return f"unknown device {row.device_uuid!r}"
     return None
 
@@ -222,7 +222,7 @@ class CommandFeed:
                 if sent is not None:
                     claimed.append(sent)
                 continue
-            if _finish_row(conn, row.id, (PENDING,), status, error, None, None):
+            if _finish_row(conn, row.id, (PENDING,), status, error):
                 outcomes.append(Outcome(row.id, row.command_id, row.device_uuid,
                                         (row.command_type or "").strip().lower(), status, error))
         conn.commit()
@@ -267,7 +267,7 @@ class CommandFeed:
         for row in overdue:
             timeout_s = float(row.timeout_s or self.default_timeout_s)
             error = f"no confirmation within {timeout_s:g}s (sender gone)"
-            if _finish_row(conn, row.id, (SENT,), TIMEOUT, error, None, None):
+            if _finish_row(conn, row.id, (SENT,), TIMEOUT, error):
                 outcomes.append(Outcome(row.id, row.command_id, row.device_uuid,
                                         (row.command_type or "").strip().lower(), TIMEOUT, error))
         conn.commit()
@@ -275,13 +275,11 @@ class CommandFeed:
 
 
 def _finish_row(conn: Connection, row_id: int, only_from: tuple[str, ...], status: str, error: str | None,
-                response: dict[str, Any] | None, command_id: str | None) -> bool:
+                response: dict[str, Any] | None = None) -> bool:
     """Record an outcome unless the row already has one; True when this call recorded it."""
     values: dict[str, Any] = {"status": status, "completed_at": local_now(), "error_message": error}
     if response is not None:
         values["response_payload"] = json.dumps(response, ensure_ascii=False)
-    if command_id is not None:
-        values["command_id"] = command_id
     result = conn.execute(update(gateway_commands).where(
         gateway_commands.c.id == row_id, gateway_commands.c.status.in_(only_from)).values(**values))
     return bool(result.rowcount == 1)
@@ -290,7 +288,7 @@ def _finish_row(conn: Connection, row_id: int, only_from: tuple[str, ...], statu
 def mark_done(conn: Connection, row_id: int, status: str, error: str | None,
               response: dict[str, Any] | None) -> bool:
     """Resolve a ``sent`` command; False when it was resolved already (elsewhere, or as an orphan)."""
-    return _finish_row(conn, row_id, (SENT,), status, error, response, None)
+    return _finish_row(conn, row_id, (SENT,), status, error, response)
 
 
 def load_sent(conn: Connection, gateway_uuid: str) -> list[Any]:
@@ -306,7 +304,7 @@ def resolve_response(conn: Connection, device_uuid: str, command_id: str, status
     c = gateway_commands.c
     row = conn.execute(select(c.id, c.command_type).where(
         c.command_id == command_id, c.device_uuid == device_uuid, c.status == SENT)).first()
-    if row is None or not _finish_row(conn, row.id, (SENT,), status, error, response, None):
+    if row is None or not _finish_row(conn, row.id, (SENT,), status, error, response):
         return None
     return Outcome(row.id, command_id, device_uuid, (row.command_type or "").strip().lower(), status, error or "")
 
@@ -332,7 +330,7 @@ def confirm_relays(conn: Connection, device_uuid: str, states: dict[int, bool],
         if action != "toggle" and not all(states[ch] == (action == "on") for ch in channels):
             continue
         response = {"channels": {str(ch): states[ch] for ch in channels}}
-        if _finish_row(conn, row.id, (SENT,), ACKED, None, response, None):
+        if _finish_row(conn, row.id, (SENT,), ACKED, None, response):
             outcomes.append(Outcome(row.id, row.command_id, device_uuid, RELAY, ACKED, ""))
     return outcomes
 
