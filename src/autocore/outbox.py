@@ -459,14 +459,15 @@ class Outbox:
         if command is not None and command.device_uuid == device_uuid:
             self._finish(command, FAILED if failed else ACKED, error, data)
         elif self.shared and isinstance(data.get("command_id"), str):
-            self._spawn(self._resolve_elsewhere(device_uuid, command_id, FAILED if failed else ACKED,
-                                                error, data))
+            resolved = self.db.call(resolve_response, device_uuid, command_id, FAILED if failed else ACKED,
+                                    error, data)
+            self._spawn(self._resolved_elsewhere(device_uuid, data, resolved))
         elif self.on_unknown is not None:
             self.on_unknown(device_uuid, data)
 
-    async def _resolve_elsewhere(self, device_uuid: str, command_id: str, status: str, error: str | None,
-                                 data: dict[str, Any]) -> None:
-        outcome = await self.db.call(resolve_response, device_uuid, command_id, status, error, data)
+    async def _resolved_elsewhere(self, device_uuid: str, data: dict[str, Any],
+                                  resolved: asyncio.Future[Outcome | None]) -> None:
+        outcome = await resolved
         if outcome is not None:
             self._count(outcome)
         elif self.on_unknown is not None:
@@ -490,10 +491,11 @@ class Outbox:
         for channel, state in states.items():
             self._relay_states[(device_uuid, channel)] = state
         if self.shared:
-            self._spawn(self._confirm_elsewhere(device_uuid, states))
+            self._spawn(self._confirmed_elsewhere(
+                self.db.call(confirm_relays, device_uuid, states, self.gateway_uuid)))
 
-    async def _confirm_elsewhere(self, device_uuid: str, states: dict[int, bool]) -> None:
-        for outcome in await self.db.call(confirm_relays, device_uuid, states, self.gateway_uuid):
+    async def _confirmed_elsewhere(self, confirmed: asyncio.Future[list[Outcome]]) -> None:
+        for outcome in await confirmed:
             self._count(outcome)
 
     def _timed_out(self, command: Command) -> None:
@@ -506,11 +508,13 @@ class Outbox:
         if command.timer is not None:
             command.timer.cancel()
         command.status = status
-        self._spawn(self._record(command, status, error, response))
+        # Queued now, so that a barrier queued after this call finds it done.
+        recorded = self.db.call(mark_done, command.id, status, error, response)
+        self._spawn(self._record(command, status, error, recorded))
 
     async def _record(self, command: Command, status: str, error: str | None,
-                      response: dict[str, Any] | None) -> None:
-        if not await self.db.call(mark_done, command.id, status, error, response):
+                      recorded: asyncio.Future[bool]) -> None:
+        if not await recorded:
             log.debug("command=%s already resolved elsewhere", command.command_id)
             return
         self._count(Outcome(command.id, command.command_id, command.device_uuid, command.command_type,

@@ -211,6 +211,25 @@ class Pipeline:
     def _is_gateway(self, uuid: str) -> bool:
         return self.registry.is_gateway(uuid)
 
+    def _acked_when_stored(self, delivery: Delivery, work: Any = None) -> bool:
+        """Acknowledge a QoS 1/2 message only once the database jobs it caused have run.
+
+        A gateway killed in between then gets the message again from its
+        session instead of losing an announce, a status change or a command's
+        answer. Returns True: the acknowledgement is deferred (see ``handle``).
+        """
+        async def finish() -> None:
+            try:
+                if work is not None:
+                    await work
+                await self.db.barrier()
+            finally:
+                if delivery.qos:
+                    self.ack(delivery.mid, delivery.qos)
+
+        self._spawn(finish())
+        return bool(delivery.qos)
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -277,10 +296,10 @@ class Pipeline:
             self.outbox.on_relay_states(message.uuid, states)
         return deferred
 
-    def _on_status(self, message: Message, delivery: Delivery) -> None:
+    def _on_status(self, message: Message, delivery: Delivery) -> bool:
         if self._is_gateway(message.uuid):
-            return
-        self._spawn(self._status(message, delivery.retained))
+            return False
+        return self._acked_when_stored(delivery, self._status(message, delivery.retained))
 
     async def _status(self, message: Message, retained: bool) -> None:
         device = await self.registry.resolve(message.uuid)
@@ -298,8 +317,8 @@ class Pipeline:
         else:
             self.registry.seen(device, touch=not retained)
 
-    def _on_announce(self, message: Message, delivery: Delivery) -> None:
-        self._spawn(self.registry.announce(message.uuid, message.data or {}))
+    def _on_announce(self, message: Message, delivery: Delivery) -> bool:
+        return self._acked_when_stored(delivery, self.registry.announce(message.uuid, message.data or {}))
 
     def _on_discovery(self, message: Message, delivery: Delivery) -> None:
         device_uuid = (message.data or {}).get("device_uuid")
@@ -308,12 +327,13 @@ class Pipeline:
         if self._may_log(device_uuid, "discovery"):  # bounded: event rows for made-up uuids too
             self.db.post(write_event, "discovery", "gateway", "device_found", message.data)
 
-    def _on_response(self, message: Message, delivery: Delivery) -> None:
+    def _on_response(self, message: Message, delivery: Delivery) -> bool:
         data = message.data or {}
-        if self.outbox is not None:
-            self.outbox.on_response(message.uuid, data)  # calls unknown_response when nothing matches
-        else:
+        if self.outbox is None:
             self.unknown_response(message.uuid, data)
+            return False
+        self.outbox.on_response(message.uuid, data)  # queues the outcome's database job at once
+        return self._acked_when_stored(delivery)
 
     def unknown_response(self, uuid: str, data: dict[str, Any]) -> None:
         """A response that answers no command: counted and logged (throttled)."""

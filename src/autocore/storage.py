@@ -179,6 +179,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _nothing() -> None:
+    """The job of a barrier: it only marks a place in the queue."""
+
+
 class Job(NamedTuple):
     fn: Callable[..., Any]
     args: tuple[Any, ...]
@@ -270,6 +274,18 @@ class Database:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._jobs.append(Job(fn, args, future, loop))
+        self._wake.set()
+        return future
+
+    def barrier(self) -> asyncio.Future[None]:
+        """A future that resolves once every job queued before it has run.
+
+        Jobs run in order (a retried job keeps its place), so a message whose
+        effects were queued as jobs can be acknowledged when this resolves.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._jobs.append(Job(_nothing, (), future, loop, transaction=False))
         self._wake.set()
         return future
 
