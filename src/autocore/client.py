@@ -62,10 +62,16 @@ class _BufferedClient(mqtt.Client):
 
     _rx = b""
     _rx_pos = 0
+    #: The last TLS error met while reading (a rejected client certificate shows only here).
+    last_tls_error: str | None = None
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._rx_pos >= len(self._rx):
-            data = super()._sock_recv(RECV_CHUNK_BYTES)  # BlockingIOError when nothing is there
+            try:
+                data = super()._sock_recv(RECV_CHUNK_BYTES)  # BlockingIOError when nothing is there
+            except ssl.SSLError as exc:
+                self.last_tls_error = str(exc)
+                raise
             if not data:
                 return data  # the broker closed the connection
             self._rx, self._rx_pos = data, 0
@@ -116,6 +122,7 @@ class MqttClient:
         self._ever_connected = False
         self._pending_subscribe_mids: set[int] = set()
         self._last_refusal: str | None = None
+        self._attempt_over = asyncio.Event()  # the current first-connection attempt was refused or closed
         self.client_id = client_id or settings.gateway_uuid
         self._connected_at = 0.0
         self._short_sessions = 0  # connections in a row dropped soon after being made
@@ -167,19 +174,21 @@ class MqttClient:
         deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
         delay = RECONNECT_MIN_S
         attempt = 0
+        known: str | None = None  # the last definite reason an attempt failed
         while True:
             attempt += 1
             try:
+                self._attempt_over.clear()
+                self._last_refusal = None
                 await self._loop.run_in_executor(None, self._connect_blocking)
-                cause = "no CONNACK"
                 wait_s = CONNACK_WAIT_S if deadline is None else max(0.0, deadline - time.monotonic())
-                try:
-                    await asyncio.wait_for(self.connected.wait(), min(wait_s, CONNACK_WAIT_S))
+                if await self._attempt_ended(min(wait_s, CONNACK_WAIT_S)):
                     return
-                except asyncio.TimeoutError:
-                    cause = self._last_refusal or cause
+                # An attempt cut short by the deadline keeps the cause seen before it.
+                known = self._last_refusal or known
+                cause = known or "no CONNACK"
             except (OSError, ssl.SSLError) as exc:
-                cause = str(exc) or type(exc).__name__
+                cause = known = str(exc) or type(exc).__name__
             if deadline is not None and time.monotonic() >= deadline:
                 raise BrokerError(f"cannot connect to broker {self._where()} within {timeout_s:g} s: {cause}")
             if attempt == 1 or attempt % 10 == 0:
@@ -190,6 +199,17 @@ class MqttClient:
                 wait = min(wait, max(0.0, deadline - time.monotonic()))
             await asyncio.sleep(wait)
             delay = min(delay * 2, RECONNECT_MAX_S)
+
+    async def _attempt_ended(self, timeout_s: float) -> bool:
+        """Wait for this connection attempt's end: True once connected, False when refused or closed."""
+        connected = asyncio.ensure_future(self.connected.wait())
+        over = asyncio.ensure_future(self._attempt_over.wait())
+        try:
+            await asyncio.wait((connected, over), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+            over.cancel()
+        return self.connected.is_set()
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
         """Queue a publish; paho sends it as soon as the socket is writable."""
@@ -353,7 +373,14 @@ class MqttClient:
         self.subscribed.clear()
         if self._disconnected_since is None:
             self._disconnected_since = time.monotonic()
-        if self._closing or not self._ever_connected:  # connect() retries the first connection
+        if self._closing:
+            return
+        if not self._ever_connected:  # connect() retries the first connection; tell it why this one ended
+            tls_error, self.client.last_tls_error = self.client.last_tls_error, None
+            self._last_refusal = self._last_refusal or (
+                f"connection closed before CONNACK: {tls_error}" if tls_error else
+                f"connection closed before CONNACK ({reason_code})")
+            self._attempt_over.set()
             return
         if was_connected:
             log.warning("lost broker %s: %s", self._where(), reason_code)
