@@ -105,6 +105,7 @@ def open_engine(settings: Settings) -> Engine:
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "handle_error", _drop_read_only_connections)
         return engine
     if url.startswith("postgresql+") and not url.startswith("postgresql+psycopg"):
         raise StorageError("autocore talks to PostgreSQL through psycopg 3: "
@@ -169,6 +170,26 @@ def _key_insert(engine: Engine) -> tuple[str, str]:
 def prune_message_keys(conn: Connection, older_than: datetime) -> None:
     """Forget idempotency keys past their retention (DB-thread job)."""
     conn.execute(delete(gateway_message_keys).where(gateway_message_keys.c.received_at < older_than))
+
+
+def _drop_read_only_connections(context: Any) -> None:
+    """A SQLite connection opened while the file was unwritable stays read-only for good.
+
+    Treating "attempt to write a readonly database" as a lost connection makes
+    the pool open a fresh one on the next retry, so writes resume once the
+    file's permissions are fixed, without a restart.
+    """
+    original = context.original_exception
+    code = getattr(original, "sqlite_errorcode", None)
+    read_only = (code & 0xFF) == 8 if code is not None else "readonly database" in str(original)
+    if read_only:  # SQLITE_READONLY
+        context.is_disconnect = True
+
+
+def short_error(exc: BaseException) -> str:
+    """The first line of a database error, without the SQL and parameters SQLAlchemy appends."""
+    original = getattr(exc, "orig", None)
+    return (str(original) if original is not None else str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -316,8 +337,17 @@ class Database:
         self._thread = threading.Thread(target=self._run, name="autocore-db", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 10.0) -> bool:
-        """Flush everything queued, then stop; False if the flush did not finish in time."""
+    def stop(self, timeout_s: float = 10.0, discard_jobs: bool = False) -> bool:
+        """Flush everything queued, then stop; False if the flush did not finish in time.
+
+        ``discard_jobs`` drops queued jobs instead of running them (a start-up
+        that was abandoned has nothing worth writing).
+        """
+        if discard_jobs:
+            while self._jobs:
+                job = self._jobs.popleft()
+                if job.future is not None:
+                    self._resolve(job, None, StorageError("stopped before this job ran"))
         self._stopping.set()
         self._wake.set()
         if self._thread is None:
@@ -415,7 +445,7 @@ class Database:
                     self._fail_job(job, exc)
                     continue
                 log.warning("database job %s failed, will retry in %.1fs: %s",
-                            job.fn.__name__, self._job_retry_s, exc)
+                            job.fn.__name__, self._job_retry_s, short_error(exc))
                 time.sleep(self._job_retry_s)
                 self._job_retry_s = min(self._job_retry_s * 2, RETRY_MAX_S)
                 return
@@ -453,7 +483,7 @@ class Database:
                     wanted = fn(self._poll_conn)
                     self._poll_conn.rollback()  # never keep a read snapshot open
                 except SQLAlchemyError as exc:
-                    log.warning("database poll %s failed: %s", getattr(fn, "__name__", fn), exc)
+                    log.warning("database poll %s failed: %s", getattr(fn, "__name__", fn), short_error(exc))
                     self._close_poll_conn()
                     wanted = interval_s
                 poller[2] = now
@@ -499,7 +529,7 @@ class Database:
                     conn.exec_driver_sql(self._insert_sql, rows)
         except SQLAlchemyError as exc:
             self.write_errors += 1
-            log.warning("telemetry write of %d messages failed, will retry: %s", len(items), exc)
+            log.warning("telemetry write of %d messages failed, will retry: %s", len(items), short_error(exc))
             return False
         self.rows_written += len(rows)
         self.batches_written += 1
