@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from sqlalchemy.exc import SQLAlchemyError
 
 from autocore import __version__, status, topics
 from autocore.client import MqttClient
@@ -30,7 +31,7 @@ from autocore.registry import Registry, mark_gateway_offline, register_gateway
 from autocore.reports import ErrorReporter
 from autocore.ringbuffer import Ring
 from autocore.schema import COMMANDS_CHANNEL, ensure_schema, local_now
-from autocore.storage import Database, open_engine, prune_message_keys
+from autocore.storage import Database, open_engine, prune_message_keys, short_error
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,13 @@ class Gateway:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
         try:
-            await self._start_database()
-        except (StorageError, OSError) as exc:
-            log.error("cannot open the database: %s", exc)
+            if not await self._unless_stopped(self._start_database()):
+                log.info("stopped while waiting for the database")
+                await self._stop_database(farewell=False)
+                return 0
+        except (StorageError, OSError, SQLAlchemyError) as exc:
+            log.error("cannot open the database: %s", short_error(exc))
+            await self._stop_database(farewell=False)
             return 1
         try:
             await self._start_mqtt()
@@ -90,6 +95,18 @@ class Gateway:
         return 0
 
     # -- start-up --------------------------------------------------------------------
+
+    async def _unless_stopped(self, work: Any) -> bool:
+        """Run a start-up step; False if SIGTERM/SIGINT came first (the step is cancelled)."""
+        step = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.stop_requested.wait())
+        await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if step.done():
+            step.result()  # raises the step's error
+            return True
+        step.cancel()
+        return False
 
     async def _start_database(self) -> None:
         settings = self.settings
@@ -223,14 +240,16 @@ class Gateway:
         await self.client.close()
         log.info("stopped")
 
-    async def _stop_database(self) -> None:
+    async def _stop_database(self, farewell: bool = True) -> None:
+        """Flush and stop the database thread; ``farewell`` first records the gateway offline."""
         if self.db is None:
             return
-        uuid = self.settings.gateway_uuid
-        self.db.post(mark_gateway_offline, uuid)
-        self.db.post(write_event, "system", "gateway", "shutdown", {"timestamp": utc_timestamp()})
+        if farewell:
+            uuid = self.settings.gateway_uuid
+            self.db.post(mark_gateway_offline, uuid)
+            self.db.post(write_event, "system", "gateway", "shutdown", {"timestamp": utc_timestamp()})
         loop = asyncio.get_running_loop()
-        flushed = await loop.run_in_executor(None, self.db.stop, FLUSH_TIMEOUT_S)
+        flushed = await loop.run_in_executor(None, self.db.stop, FLUSH_TIMEOUT_S, not farewell)
         if not flushed:
             log.error("database writer did not finish flushing in %gs", FLUSH_TIMEOUT_S)
         self.db.close()
