@@ -18,7 +18,8 @@ The first two tests assert that the gateway stays up, that the failure shows in
 the log and in ``autocore_db_write_errors_total``, and that every QoS 1 message
 published during the fault is stored exactly once after the fault is removed.
 The third restarts the gateway while the file is unwritable: SQLite then opens
-it read-only and stays so, which the gateway does not yet recover from (xfail).
+it read-only, and the gateway must drop that connection once the file is
+writable again instead of failing for good.
 """
 
 from __future__ import annotations
@@ -167,10 +168,6 @@ def test_unwritable_database_file_loses_nothing_and_recovers(env, immutable) -> 
     assert "Traceback" not in log and gateway.alive()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "storage: a SQLite connection opened while the file is unwritable is read-only for good, and "
-    "the pool keeps it, so writes fail with 'attempt to write a readonly database' after the file "
-    "is writable again"))
 def test_restart_while_the_file_is_unwritable_recovers(env, immutable) -> None:  # type: ignore[no-untyped-def]
     """systemd restarts the gateway (Restart=always) while the file is unwritable, then it is fixed."""
     first = env.gateway()  # creates the gateway's tables and its persistent session
@@ -190,3 +187,29 @@ def test_restart_while_the_file_is_unwritable_recovers(env, immutable) -> None: 
              what="the writes to resume after the file became writable")
     assert stored_sequence(env.db) == list(range(MESSAGES)), "lost or duplicated messages"
     assert "Traceback" not in second.log and second.alive()
+
+
+def test_sigterm_while_start_up_waits_for_a_locked_database(env) -> None:  # type: ignore[no-untyped-def]
+    """A gateway stuck at start-up behind another writer's lock still stops when asked to."""
+    first = env.gateway()  # the file is in WAL mode and has every table from here on
+    assert first.stop() == 0
+    blocker = sqlite3.connect(env.db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        second = env.gateway(wait_ready=False)
+        wait_for(lambda: "will retry" in second.log, timeout_s=20, what="start-up to wait on the lock")
+        assert second.stop(timeout_s=15) == 0  # fails the test if the signal is ignored
+        assert "stopped while waiting for the database" in second.log
+        assert "Traceback" not in second.log
+    finally:
+        blocker.close()
+
+
+def test_unwritable_database_at_first_start_is_one_clear_line(env, immutable) -> None:  # type: ignore[no-untyped-def]
+    """The installed file (not yet in WAL mode) cannot be written: exit 1, no traceback."""
+    immutable.append(env.db)
+    assert run("chattr", "+i", str(env.db)).returncode == 0
+    gateway = env.gateway(wait_ready=False)
+    wait_for(lambda: not gateway.alive(), timeout_s=30, what="the gateway to give up")
+    assert gateway.proc.returncode == 1
+    assert "cannot open the database" in gateway.log and "Traceback" not in gateway.log
