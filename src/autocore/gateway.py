@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from sqlalchemy.exc import SQLAlchemyError
 
-from autocore import __version__, status, topics
+from autocore import __version__, envelope, status, topics
 from autocore.client import MqttClient
 from autocore.config import Settings
 from autocore.envelope import utc_timestamp
@@ -41,6 +41,9 @@ TICK_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
 #: Longest wait for the broker to acknowledge the offline status at shutdown.
 OFFLINE_ACK_TIMEOUT_S = 3.0
+#: Shortest time between two broadcast status requests (a flapping link must not
+#: make every device answer again and again).
+STATUS_REQUEST_MIN_S = 60.0
 #: Longest wait for queued telemetry to reach the database at shutdown.
 FLUSH_TIMEOUT_S = 10.0
 
@@ -59,6 +62,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.ready = asyncio.Event()
         self.exporter: Exporter | None = None
+        self._next_status_request = 0.0
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -170,6 +174,21 @@ class Gateway:
         self._publish(topics.status_topic(uuid),
                       status.online(uuid, self.uptime(), self.metrics.received), status.STATUS_QOS, True)
         self._next_heartbeat = 0.0  # heartbeat right after (re)connect
+        assert self.client is not None
+        if self.client.reconnects:
+            self._ask_for_status()
+
+    def _ask_for_status(self) -> None:
+        """After a reconnect, ask every device to report its status (the protocol's broadcast
+        ``status`` command; it has no re-announce request): presence missed while we were
+        away is refreshed, also under a shared subscription, which gets no retained statuses."""
+        now = time.monotonic()
+        if now < self._next_status_request:
+            return
+        self._next_status_request = now + STATUS_REQUEST_MIN_S
+        payload = envelope.build(self.settings.gateway_uuid, command="status")
+        self._publish(topics.broadcast_command_topic("status"), envelope.dumps(payload), 1, False)
+        log.info("asked every device to report its status (%s)", topics.broadcast_command_topic("status"))
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         assert self.pipeline is not None

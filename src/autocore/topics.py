@@ -63,6 +63,11 @@ def command_topic(uuid: str) -> str:
     return f"{ROOT}/devices/{uuid}/command"
 
 
+def broadcast_command_topic(command: str) -> str:
+    """Device command every firmware listens to (``reset``, ``status``, ``reboot``, ``ota``)."""
+    return f"{ROOT}/commands/all/{command}"
+
+
 def announce_topic(uuid: str) -> str:
     return f"{ROOT}/devices/{uuid}/announce"
 
@@ -72,6 +77,6 @@ def telemetry_topic(uuid: str) -> str:
 
 
 __all__ = [
-    "ROOT", "SUBSCRIPTIONS", "Topic", "announce_topic", "command_topic", "device_command_topic", "error_topic",
+    "ROOT", "SUBSCRIPTIONS", "Topic", "announce_topic", "broadcast_command_topic", "command_topic", "device_command_topic", "error_topic",
     "parse_topic", "relay_set_topic", "shared", "status_topic", "telemetry_topic",
 ]

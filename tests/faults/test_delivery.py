@@ -99,3 +99,18 @@ def test_database_locked_for_a_while_loses_nothing(env) -> None:  # type: ignore
     # The device's status change met the lock too: it was retried, not dropped.
     assert "will retry" in gateway.log and gateway.alive()
     assert env.rows("SELECT status FROM devices WHERE uuid='esp32-can-001'")[0]["status"] == "online"
+
+
+def test_after_a_reconnect_every_device_is_asked_for_its_status(env) -> None:  # type: ignore[no-untyped-def]
+    """The protocol has no re-announce request; its broadcast ``status`` command is the way to ask."""
+    gateway = env.gateway()
+    observer = env.peer()
+    observer.subscribe("autocore/commands/all/#")
+    intruder = env.peer(client_id="autocore-gateway")  # takes the gateway's session once
+    intruder.client.disconnect()
+    intruder.client.loop_stop()
+    wait_for(lambda: "reconnected to broker" in gateway.log, timeout_s=20, what="the gateway to reconnect")
+    request = observer.expect(lambda m: m.topic == "autocore/commands/all/status")
+    body = json.loads(request.payload)
+    assert body["command"] == "status" and body["uuid"] == "autocore-gateway"
+    assert body["protocol_version"] == "2.2.0" and request.qos == 1 and not request.retain
