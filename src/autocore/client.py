@@ -293,16 +293,26 @@ class MqttClient:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _on_socket_open(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        self._threadsafe(self._loop.add_reader, sock, self._read)
+        self._threadsafe(self._watch, sock, self._loop.add_reader, self._read)
 
     def _on_socket_close(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         self._threadsafe(self._forget_socket, sock)
 
     def _on_socket_register_write(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        self._threadsafe(self._loop.add_writer, sock, self._write)
+        self._threadsafe(self._watch, sock, self._loop.add_writer, self._write)
 
     def _on_socket_unregister_write(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         self._threadsafe(self._loop.remove_writer, sock)
+
+    def _watch(self, sock: Any, add: Callable[..., None], callback: Callable[[], None]) -> None:
+        """Register a socket callback on the loop, unless the socket closed meanwhile.
+
+        Registration may be scheduled from the connecting executor thread; a
+        refused connection can close the socket before the loop gets to it.
+        """
+        if sock.fileno() == -1 or sock is not self.client.socket():
+            return
+        add(sock, callback)
 
     def _forget_socket(self, sock: Any) -> None:
         try:
