@@ -8,7 +8,13 @@ import sqlite3
 import threading
 import time
 
+import pytest
+
 from tests.fixtures.services import fixture_bytes, wait_for
+
+# Build-independent (storage, client, broker): the pure and 32-bit ARM legs of
+# ./run.sh test skip them with -m 'not slow'.
+pytestmark = pytest.mark.slow
 
 TELEMETRY = json.loads(fixture_bytes("telemetry_can.json"))
 

@@ -13,9 +13,15 @@ import json
 import threading
 import time
 
+import pytest
+
 from autocore.broker import find_free_port
 from tests.fixtures.services import fixture_bytes, wait_for
 from tests.test_operations import scrape, value
+
+# Build-independent (storage, client, broker): the pure and 32-bit ARM legs of
+# ./run.sh test skip them with -m 'not slow'.
+pytestmark = pytest.mark.slow
 
 #: Per-device limit and burst given to the gateway (AUTOCORE_RATE_LIMIT / _BURST).
 RATE_LIMIT = 20

@@ -11,6 +11,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.fixtures.services import fixture_bytes, wait_for
 
+# Build-independent (storage, client, broker): the pure and 32-bit ARM legs of
+# ./run.sh test skip them with -m 'not slow'.
+pytestmark = pytest.mark.slow
+
 PASSWORD = "s3cret-pass-for-tests"
 
 

@@ -38,6 +38,10 @@ from tests.faults.test_delivery import Publisher, numbered, stored_sequence
 from tests.fixtures.services import fixture_bytes, wait_for
 from tests.test_operations import scrape, value
 
+# Build-independent (storage, client, broker): the pure and 32-bit ARM legs of
+# ./run.sh test skip them with -m 'not slow'.
+pytestmark = pytest.mark.slow
+
 #: Size of the private filesystem: the installed schema takes about 300 KiB.
 SMALL_DISK = "8m"
 #: Where the test device publishes.
