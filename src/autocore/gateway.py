@@ -41,6 +41,8 @@ TICK_S = 1.0
 PRUNE_INTERVAL_S = 3600.0
 #: Longest wait for the broker to acknowledge the offline status at shutdown.
 OFFLINE_ACK_TIMEOUT_S = 3.0
+#: Buffer losses are summed up in one log line this often, s.
+LOSS_REPORT_S = 10.0
 #: Shortest time between two broadcast status requests (a flapping link must not
 #: make every device answer again and again).
 STATUS_REQUEST_MIN_S = 60.0
@@ -63,6 +65,8 @@ class Gateway:
         self.ready = asyncio.Event()
         self.exporter: Exporter | None = None
         self._next_status_request = 0.0
+        self._next_loss_report = 0.0
+        self._reported_losses = (0, 0)  # (ring evictions, refusals) already logged
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -227,7 +231,24 @@ class Gateway:
                     self._heartbeat()
             else:
                 self.registry.flush_last_seen()
+            if now >= self._next_loss_report:
+                self._next_loss_report = now + LOSS_REPORT_S
+                self._report_buffer_losses()
             await asyncio.sleep(min(TICK_S, self.settings.heartbeat_interval_s))
+
+    def _report_buffer_losses(self) -> None:
+        """One warning per LOSS_REPORT_S while full buffers drop or refuse telemetry (never silent)."""
+        assert self.db is not None
+        dropped = self.db.ring.stats()["dropped"]
+        refused = self.metrics.telemetry_dropped
+        new_dropped, new_refused = dropped - self._reported_losses[0], refused - self._reported_losses[1]
+        self._reported_losses = (dropped, refused)
+        if new_dropped:
+            log.warning("telemetry buffer full: %d QoS 0 messages dropped (oldest first) in the last %gs; "
+                        "the database is not keeping up", new_dropped, LOSS_REPORT_S)
+        if new_refused:
+            log.warning("telemetry buffer full: %d messages refused in the last %gs (QoS 1/2 ones stay with "
+                        "the broker, unacknowledged)", new_refused, LOSS_REPORT_S)
 
     def _heartbeat(self) -> None:
         assert self.registry is not None

@@ -10,7 +10,9 @@ import time
 
 import pytest
 
+from autocore.broker import find_free_port
 from tests.fixtures.services import fixture_bytes, wait_for
+from tests.test_operations import scrape, value
 
 # Build-independent (storage, client, broker): the pure and 32-bit ARM legs of
 # ./run.sh test skip them with -m 'not slow'.
@@ -88,20 +90,36 @@ def test_broker_restart_is_survived_without_a_gateway_restart(env, broker_factor
     assert gateway.alive()
 
 
-def test_database_locked_for_a_while_loses_nothing(env) -> None:  # type: ignore[no-untyped-def]
-    gateway = env.gateway()
+def test_database_locked_for_30_s_loses_no_qos1_and_counts_qos0_drops(env) -> None:  # type: ignore[no-untyped-def]
+    """Another writer holds the lock for 30 s: QoS 1 waits with the broker; QoS 0 overflow is counted."""
+    port = find_free_port()
+    gateway = env.gateway(AUTOCORE_RING_CAPACITY="16", AUTOCORE_METRICS_PORT=str(port))
     env.register("esp32-can-001", "esp32_can")
+    env.register("esp32-can-002", "esp32_can")
     blocker = sqlite3.connect(env.db, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock past the busy timeout
     publisher = Publisher(env.peer(), count=300, rate_hz=80)
     publisher.start()
-    time.sleep(7)
+    best_effort = env.peer()
+    for seq in range(100):  # QoS 0 from a second device: more than the 16-message buffer holds
+        reading = {**TELEMETRY, "uuid": "esp32-can-002", "analog_sensors": {"seq": seq}}
+        best_effort.client.publish("autocore/devices/esp32-can-002/telemetry", json.dumps(reading), qos=0)
+        time.sleep(0.01)
+    time.sleep(30)
     assert stored_sequence(env.db) == []
     blocker.execute("COMMIT")
     blocker.close()
     publisher.join(30)
-    wait_for(lambda: len(stored_sequence(env.db)) >= 300, timeout_s=30, what="rows after the lock")
-    assert stored_sequence(env.db) == list(range(300))
+    wait_for(lambda: len(stored_sequence(env.db)) >= 300 + 16, timeout_s=30, what="rows after the lock")
+    with sqlite3.connect(env.db) as conn:
+        rows = conn.execute("SELECT d.uuid, t.data_value FROM telemetry_data t JOIN devices d "
+                            "ON d.id = t.device_id WHERE t.data_key='analog_seq'").fetchall()
+    qos1 = sorted(int(float(v)) for uuid, v in rows if uuid == "esp32-can-001")
+    qos0 = sorted(int(float(v)) for uuid, v in rows if uuid == "esp32-can-002")
+    assert qos1 == list(range(300)), "QoS 1 lost or duplicated"
+    assert qos0 == list(range(100 - 16, 100)), "the buffer keeps the newest QoS 0 messages"
+    assert value(scrape(port), "autocore_ring_dropped_total", ring="best_effort") == 100 - 16
+    assert "84 QoS 0 messages dropped (oldest first)" in gateway.log
     # The device's status change met the lock too: it was retried, not dropped.
     assert "will retry" in gateway.log and gateway.alive()
     assert env.rows("SELECT status FROM devices WHERE uuid='esp32-can-001'")[0]["status"] == "online"
