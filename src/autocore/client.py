@@ -123,6 +123,9 @@ class MqttClient:
         self._pending_subscribe_mids: set[int] = set()
         self._last_refusal: str | None = None
         self._attempt_over = asyncio.Event()  # the current first-connection attempt was refused or closed
+        #: True while the gateway stopped reading to let the database catch up (back-pressure).
+        self.reading_paused = False
+        self.read_pauses = 0
         self.client_id = client_id or settings.gateway_uuid
         self._connected_at = 0.0
         self._short_sessions = 0  # connections in a row dropped soon after being made
@@ -211,6 +214,38 @@ class MqttClient:
             over.cancel()
         return self.connected.is_set()
 
+    def pause_reading(self) -> None:
+        """Stop taking messages from the socket: the database is behind.
+
+        Back-pressure instead of a bigger buffer: what the broker sends next
+        waits in the kernel's socket buffer and then in our session at the
+        broker, which also covers brokers that do not keep to the receive
+        maximum (Mosquitto 2.0 sends a resumed session's backlog in bursts).
+        """
+        if self.reading_paused:
+            return
+        self.reading_paused = True
+        self.read_pauses += 1
+        sock = self.client.socket()
+        if sock is not None:
+            self._forget_reads(sock)
+
+    def resume_reading(self) -> None:
+        """Take messages again; bytes already buffered are parsed at once."""
+        if not self.reading_paused:
+            return
+        self.reading_paused = False
+        sock = self.client.socket()
+        if sock is not None:
+            self._watch(sock, self._loop.add_reader, self._read)
+            self._loop.call_soon(self._read)  # buffered bytes never make the socket readable again
+
+    def _forget_reads(self, sock: Any) -> None:
+        try:
+            self._loop.remove_reader(sock)
+        except (ValueError, OSError):  # socket already closed
+            pass
+
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
         """Queue a publish; paho sends it as soon as the socket is writable."""
         return self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -293,7 +328,7 @@ class MqttClient:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _on_socket_open(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-        self._threadsafe(self._watch, sock, self._loop.add_reader, self._read)
+        self._threadsafe(self._watch_reads, sock)
 
     def _on_socket_close(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
         self._threadsafe(self._forget_socket, sock)
@@ -314,6 +349,10 @@ class MqttClient:
             return
         add(sock, callback)
 
+    def _watch_reads(self, sock: Any) -> None:
+        if not self.reading_paused:  # else resume_reading() registers it
+            self._watch(sock, self._loop.add_reader, self._read)
+
     def _forget_socket(self, sock: Any) -> None:
         try:
             self._loop.remove_reader(sock)
@@ -325,8 +364,10 @@ class MqttClient:
         # The socket only signals readable for bytes still in the kernel: parse
         # everything already buffered before going back to the loop.
         client = self.client
+        if self.reading_paused:
+            return
         client.loop_read()
-        while client.has_buffered() and client.socket() is not None:
+        while client.has_buffered() and client.socket() is not None and not self.reading_paused:
             client.loop_read()
 
     def _write(self) -> None:

@@ -171,7 +171,8 @@ class GatewayCollector(Collector):
             snap["commands"] = dict(self.outbox.outcomes)
         if self.client is not None:
             client = self.client
-            snap["mqtt"] = (int(client.is_connected), client.reconnects, client.disconnected_for())
+            snap["mqtt"] = (int(client.is_connected), client.reconnects, client.disconnected_for(),
+                            client.read_pauses)
         if self.registry is not None:
             snap["devices_online"] = self.registry.online_count()
         if self.uptime is not None:
@@ -207,13 +208,16 @@ class GatewayCollector(Collector):
                           "Commands finished, by final state (acked, failed, timeout, expired).",
                           ["state"], snap["commands"])
         if "mqtt" in snap:
-            connected, reconnects, away_s = snap["mqtt"]
+            connected, reconnects, away_s, pauses = snap["mqtt"]
             yield GaugeMetricFamily("autocore_mqtt_connected", "1 while connected to the broker.",
                                     value=connected)
             yield CounterMetricFamily("autocore_mqtt_reconnects", "Successful reconnects.",
                                       value=reconnects)
             yield CounterMetricFamily("autocore_mqtt_disconnected_seconds",
                                       "Time spent without a broker connection, s.", value=away_s)
+            yield CounterMetricFamily("autocore_mqtt_read_pauses",
+                                      "Times reading from the broker paused for the database to catch up.",
+                                      value=pauses)
         if "devices_online" in snap:
             yield GaugeMetricFamily("autocore_devices_online", "Devices currently online.",
                                     value=snap["devices_online"])

@@ -31,7 +31,7 @@ from autocore.registry import Registry, mark_gateway_offline, register_gateway
 from autocore.reports import ErrorReporter
 from autocore.ringbuffer import Ring
 from autocore.schema import COMMANDS_CHANNEL, ensure_schema, local_now
-from autocore.storage import Database, open_engine, prune_message_keys, short_error
+from autocore.storage import RELIABLE_CAPACITY, Database, open_engine, prune_message_keys, short_error
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,10 @@ class Gateway:
         if created:
             log.info("created missing tables: %s", ", ".join(created))
         ring = Ring(settings.ring_capacity, "drop_oldest")
-        # The broker sends at most MAX_CONCURRENT_MESSAGES unacknowledged QoS 1/2
-        # messages (receive maximum), so this ring cannot fill while it honours that.
-        reliable = Ring(max(4 * settings.max_concurrent_messages, 256), "reject")
+        # The broker should send at most MAX_CONCURRENT_MESSAGES unacknowledged QoS 1/2
+        # messages (receive maximum); Mosquitto 2.0 overshoots with a resumed backlog,
+        # so reading pauses at a quarter of this ring (see MqttClient.pause_reading).
+        reliable = Ring(max(8 * settings.max_concurrent_messages, RELIABLE_CAPACITY), "reject")
         self.db = Database(engine, ring, settings.telemetry_batch_size,
                            settings.telemetry_flush_interval_s, reliable, settings.write_interval_s)
         self.db.start(notify_channel=COMMANDS_CHANNEL)
@@ -148,6 +149,7 @@ class Gateway:
         self.reporter = reporter
         self.pipeline = Pipeline(settings, self.db, self.registry, self.metrics, reporter, self._publish)
         self.pipeline.ack = self.client.ack
+        self.pipeline.pause_intake = self.client.pause_reading
         loop = asyncio.get_running_loop()
         self.db.on_acks = lambda acks: loop.call_soon_threadsafe(self._ack_committed, acks)
         self.client.will_set(topics.status_topic(settings.gateway_uuid),
@@ -205,9 +207,11 @@ class Gateway:
 
     def _ack_committed(self, acks: list[tuple[int, int]]) -> None:
         """Rows are committed: now the broker may forget these QoS 1/2 messages."""
-        assert self.client is not None
+        assert self.client is not None and self.db is not None
         for mid, qos in acks:
             self.client.ack(mid, qos)
+        if self.client.reading_paused and self.db.reliable_backlog_low():
+            self.client.resume_reading()
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_monotonic

@@ -90,6 +90,8 @@ class Pipeline:
         self.outbox: Any = None
         #: Acknowledges a QoS 1/2 message: ``ack(mid, qos)`` (set by the gateway).
         self.ack: Callable[[int, int], None] = lambda mid, qos: None
+        #: Stops reading from the broker while the database catches up (set by the gateway).
+        self.pause_intake: Callable[[], None] | None = None
         self._handlers: dict[str, Callable[[Message, Delivery], bool | None]] = {
             kinds.TELEMETRY: self._on_telemetry,
             kinds.RELAY_TELEMETRY: self._on_relay_state,
@@ -259,7 +261,13 @@ class Pipeline:
                 item = TelemetryItem(device_id, message.uuid, local_now(), rows,
                                      (delivery.mid, delivery.qos), _dedup_key(message.uuid, delivery),
                                      delivery.dup)
-                deferred = stored = self.db.push_reliable(item)
+                stored = self.db.push_reliable(item)
+                deferred = True  # acknowledged after commit; never when refused (redelivered next session)
+                if not stored and self._may_log("", "reliable_buffer_full"):
+                    log.error("QoS %d telemetry refused by a full buffer: left unacknowledged for the broker "
+                              "to deliver again after a reconnect%s", delivery.qos, self._suppressed_note())
+                if self.db.reliable_backlog_high() and self.pause_intake is not None:
+                    self.pause_intake()
             else:
                 item = TelemetryItem(device_id, message.uuid, local_now(), rows)
                 stored = self.db.push_telemetry(item)

@@ -41,6 +41,8 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 #: 9 us at 400, on the 2-core benchmark machine); 20 ms keeps p95 latency well
 #: under 50 ms.
 WRITE_INTERVAL_S = 0.02
+#: Default capacity of the QoS 1/2 ring (the gateway sizes it from the receive maximum).
+RELIABLE_CAPACITY = 4096
 #: Messages taken from each ring per batch.
 MAX_BATCH_MESSAGES = 2000
 #: Longest sleep of an idle writer; pushes and jobs wake it earlier.
@@ -226,7 +228,12 @@ class Database:
                  reliable_ring: Any = None, write_interval_s: float = WRITE_INTERVAL_S) -> None:
         self.engine = engine
         self.ring = ring
-        self.reliable_ring = reliable_ring if reliable_ring is not None else Ring(1024, "reject")
+        self.reliable_ring = reliable_ring if reliable_ring is not None else Ring(RELIABLE_CAPACITY, "reject")
+        # Reading stops at a quarter of the reliable ring: the rest absorbs what the
+        # client has already read (one 64 KiB chunk holds up to ~1,100 small messages).
+        capacity = self.reliable_ring.stats()["capacity"]
+        self._reliable_high = max(1, capacity // 4)
+        self._reliable_low = capacity // 8
         self.batch_rows = batch_rows
         self.flush_interval_s = flush_interval_s
         self.write_interval_s = write_interval_s
@@ -279,6 +286,14 @@ class Database:
         if self._wake_on_push:
             self._wake.set()
         return stored
+
+    def reliable_backlog_high(self) -> bool:
+        """QoS 1/2 messages wait past the high-water mark: stop reading from the broker."""
+        return len(self.reliable_ring) >= self._reliable_high
+
+    def reliable_backlog_low(self) -> bool:
+        """The backlog fell to the low-water mark: reading may resume."""
+        return len(self.reliable_ring) <= self._reliable_low
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(conn, *args)`` on the DB thread in a transaction; errors are logged."""
