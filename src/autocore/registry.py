@@ -390,6 +390,7 @@ class Registry:
             if device.last_seen_dirty:
                 rows.append((device.id, _wall_time(device.last_seen_monotonic)))
                 device.last_seen_dirty = False
+        rows.sort()  # one lock order for every gateway sharing the database (no deadlocks)
         if rows and self.shared:
             future = self.db.call(write_last_seen_shared, rows)
             future.add_done_callback(self._came_online)
