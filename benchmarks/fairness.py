@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +44,7 @@ from benchmarks.e2e import (  # noqa: E402  (run as a script from the repository
     _publisher,
     make_database,
     percentile,
+    start_gateway,
 )
 
 GOOD_DEVICES = 5
@@ -68,35 +67,6 @@ class Run:
     cpu_percent: float = 0.0
 
 
-def start_gateway(broker: Mosquitto, db_path: Path, build: str, workdir: Path, limit: int, burst: int,
-                  metrics_port: int) -> subprocess.Popen[bytes]:
-    """``autocore run`` as e2e starts it, but with the rate limit on and the metrics endpoint open.
-
-    (``e2e.start_gateway`` forces ``AUTOCORE_RATE_LIMIT=0``, which is right for a throughput
-    benchmark and exactly what this one must not do.)
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "AUTOCORE_", "DATABASE_"))}
-    env.update(BUILDS[build])
-    env.update({"MQTT_BROKER": broker.host, "MQTT_PORT": str(broker.port), "DATABASE_PATH": str(db_path),
-                "LOG_FILE": "", "LOG_LEVEL": "WARNING", "AUTOCORE_RATE_LIMIT": str(limit),
-                "AUTOCORE_RATE_BURST": str(burst), "AUTOCORE_METRICS_PORT": str(metrics_port)})
-    log_path = workdir / "gateway.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "autocore", "run", "--env-file", os.devnull], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:  # ready once its retained online status is in the DB
-        with sqlite3.connect(db_path) as conn:
-            online = "SELECT 1 FROM devices WHERE uuid='autocore-gateway' AND status='online'"
-            if conn.execute(online).fetchone():
-                return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"gateway did not start: {log_path.read_text()[-2000:]}")
-
-
 def rate_limited(metrics_port: int, uuid: str) -> int:
     """``autocore_messages_rate_limited_total`` of one device, from the gateway's /metrics."""
     _status, body = fetch(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -115,7 +85,8 @@ def run_once(broker: Mosquitto, build: str, noisy: bool, limit: int, burst: int,
         db_path = workdir / "autocore.db"
         make_database(db_path, len(uuids))
         metrics_port = find_free_port()
-        gateway = start_gateway(broker, db_path, build, workdir, limit, burst, metrics_port)
+        gateway = start_gateway(broker, db_path, build, workdir, metrics_port,
+                                {"AUTOCORE_RATE_LIMIT": str(limit), "AUTOCORE_RATE_BURST": str(burst)})
         sampler, reader = ProcessSampler(gateway.pid, 1.0), CommitReader(db_path)
         sampler.start()
         reader.start()

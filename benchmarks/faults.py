@@ -220,6 +220,8 @@ def gateway_sigkill() -> Outcome:
                          "recovery counted from the restart, start-up included")
 
 
+#: How long another process holds the database lock (the reliability issue asks for 30 s).
+LOCK_S = 30.0
 LOCKER = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
@@ -237,12 +239,12 @@ def database_locked() -> Outcome:
         try:
             assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
             last = max_row_id(w.db)
-            time.sleep(8.0)  # past the gateway's 5 s busy timeout
+            time.sleep(LOCK_S)  # well past the gateway's 5 s busy timeout
         finally:
             locker.terminate()  # by PID: the lock goes with the process
             locker.wait(10)
         removed = time.monotonic()
-        return w.outcome("database locked 8 s by another process", w.first_row_after(last, removed))
+        return w.outcome(f"database locked {LOCK_S:g} s by another process", w.first_row_after(last, removed))
 
 
 def disk_full() -> Outcome:
