@@ -124,13 +124,18 @@ def publish(host: str, port: int, devices: int, rate_hz: float, duration_s: floa
     procs = [mp.Process(target=_publisher,
                         args=(host, port, uuids[i::PUBLISHER_PROCESSES], rate_hz, duration_s, start_at, counter))
              for i in range(min(PUBLISHER_PROCESSES, devices))]
+    run_to_end(procs, duration_s + 30)
+    return int(counter.value)
+
+
+def run_to_end(procs: list[mp.Process], timeout_s: float) -> None:
+    """Start the publisher processes and wait for them; one still running after ``timeout_s`` is killed."""
     for proc in procs:
         proc.start()
     for proc in procs:
-        proc.join(duration_s + 30)
+        proc.join(timeout_s)
         if proc.is_alive():
             proc.kill()
-    return int(counter.value)
 
 
 # -- measuring the gateway -------------------------------------------------------------

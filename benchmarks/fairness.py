@@ -44,6 +44,7 @@ from benchmarks.e2e import (  # noqa: E402  (run as a script from the repository
     _publisher,
     make_database,
     percentile,
+    run_to_end,
     start_gateway,
 )
 
@@ -100,12 +101,7 @@ def run_once(broker: Mosquitto, build: str, noisy: bool, limit: int, burst: int,
             procs.append(mp.Process(target=_publisher, args=(broker.host, broker.port, [noisy_uuid], noisy_hz,
                                                              duration_s, start_at, noisy_count)))
         started = time.monotonic()
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.join(duration_s + 30)
-            if proc.is_alive():
-                proc.kill()
+        run_to_end(procs, duration_s + 30)
         loaded_until = time.monotonic()
         time.sleep(DRAIN_S)
         reader.stop_event.set()
