@@ -138,8 +138,8 @@ def _telemetry_insert(engine: Engine) -> tuple[str, Callable[[datetime], Any]]:
 
 
 #: COPY statement of the PostgreSQL telemetry writer. Measured against psycopg's
-#: pipelined executemany and multi-row VALUES on loopback (benchmarks/pg_write.py):
-#: 1.4x faster at 50 rows per batch, 2.3x at 500, 1.9x at 5,000.
+#: pipelined executemany on loopback (benchmarks/pg_write.py): 1.4-1.5x faster at
+#: 50 rows per batch, 1.7-2.5x at 500 and 5,000; multi-row VALUES is slower still.
 _COPY_TELEMETRY = ("COPY telemetry_data (timestamp, device_id, data_type, data_key, data_value, unit) "
                    "FROM STDIN")
 
@@ -174,6 +174,9 @@ def prune_message_keys(conn: Connection, older_than: datetime) -> None:
     conn.execute(delete(gateway_message_keys).where(gateway_message_keys.c.received_at < older_than))
 
 
+_SQLITE_READONLY = 8  # primary result code of "attempt to write a readonly database"
+
+
 def _drop_read_only_connections(context: Any) -> None:
     """A SQLite connection opened while the file was unwritable stays read-only for good.
 
@@ -182,16 +185,16 @@ def _drop_read_only_connections(context: Any) -> None:
     file's permissions are fixed, without a restart.
     """
     original = context.original_exception
-    code = getattr(original, "sqlite_errorcode", None)
-    read_only = (code & 0xFF) == 8 if code is not None else "readonly database" in str(original)
-    if read_only:  # SQLITE_READONLY
+    code = getattr(original, "sqlite_errorcode", None)  # Python 3.11+; the message before that
+    read_only = (code & 0xFF) == _SQLITE_READONLY if code is not None else "readonly database" in str(original)
+    if read_only:
         context.is_disconnect = True
 
 
 def short_error(exc: BaseException) -> str:
     """The first line of a database error, without the SQL and parameters SQLAlchemy appends."""
-    original = getattr(exc, "orig", None)
-    return (str(original) if original is not None else str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -257,7 +260,7 @@ class Database:
         self.duplicates_skipped = 0
         self.job_retries = 0
         self._job_retry_s = RETRY_MIN_S
-        self._pollers: list[list[Any]] = []  # [fn, interval_s, next_due]
+        self._pollers: list[list[Any]] = []  # [fn, interval_s, last run, seconds it asked for]
         self._poll_conn: Connection | None = None  # DB thread only, reused by every poll
         self._watch: Any = None  # FileWatch (SQLite) or ListenWatch (PostgreSQL): has stop()
         # Polls still owed after a write by another process (set by the watch thread).
