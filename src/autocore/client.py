@@ -422,6 +422,9 @@ class MqttClient:
         was_connected = self.connected.is_set()
         self.connected.clear()
         self.subscribed.clear()
+        # A new connection must be read at least up to its CONNACK; the broker
+        # redelivers what was unacknowledged, and a still-full buffer pauses again.
+        self.reading_paused = False
         if self._disconnected_since is None:
             self._disconnected_since = time.monotonic()
         if self._closing:
