@@ -137,9 +137,9 @@ def test_a_backlog_bigger_than_every_buffer_is_stored_once(env, broker_factory) 
 
     Mosquitto 2.0 sends a resumed session's backlog in bursts beyond the receive
     maximum; reading pauses while the database catches up instead of refusing
-    (and so losing) what no buffer can hold.
+    (and so losing) what no buffer can hold. The broker restarts mid-drain too.
     """
-    env.broker = broker_factory(extra_config=["max_queued_messages 20000"])
+    env.broker = broker_factory(persistence=True, extra_config=["max_queued_messages 20000"])
     port = find_free_port()
     first = env.gateway()  # creates the persistent session and its subscriptions
     env.register("esp32-can-001", "esp32_can")
@@ -150,6 +150,9 @@ def test_a_backlog_bigger_than_every_buffer_is_stored_once(env, broker_factory) 
     for info in infos:
         info.wait_for_publish(30)
     second = env.gateway(AUTOCORE_METRICS_PORT=str(port))
+    wait_for(lambda: len(stored_sequence(env.db)) >= BACKLOG // 5, timeout_s=60, what="a fifth of the backlog")
+    env.broker.stop()  # mid-drain, probably while reading is paused: the new connection must be read
+    env.broker.start()
     wait_for(lambda: len(stored_sequence(env.db)) >= BACKLOG, timeout_s=90, what="the whole backlog")
     time.sleep(0.5)
     assert stored_sequence(env.db) == list(range(BACKLOG)), "lost or duplicated messages"
