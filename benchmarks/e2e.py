@@ -128,6 +128,15 @@ def publish(host: str, port: int, devices: int, rate_hz: float, duration_s: floa
     return int(counter.value)
 
 
+def stop_run(gateway: subprocess.Popen[bytes], *threads: ProcessSampler | CommitReader) -> None:
+    """End a measured run: stop and join the measuring threads, then the gateway (SIGTERM)."""
+    for thread in threads:
+        thread.stop_event.set()
+        thread.join()
+    gateway.send_signal(signal.SIGTERM)
+    gateway.wait(30)
+
+
 def run_to_end(procs: list[mp.Process], timeout_s: float) -> None:
     """Start the publisher processes and wait for them; one still running after ``timeout_s`` is killed."""
     for proc in procs:
@@ -333,12 +342,7 @@ def run_gateway(broker: Mosquitto, build: str, devices: int, rate_hz: float, dur
         sent = publish(broker.host, broker.port, devices, rate_hz, duration_s, load_start)
         loaded_until = time.monotonic()
         time.sleep(DRAIN_S)
-        reader.stop_event.set()
-        reader.join()
-        sampler.stop_event.set()
-        sampler.join()
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(30)
+        stop_run(gateway, reader, sampler)
         with sqlite3.connect(db_path) as conn:
             rows = conn.execute("SELECT id, data_value FROM telemetry_data WHERE data_key='analog_bench_sent'"
                                 ).fetchall()
@@ -724,12 +728,7 @@ def run_drain_gateway(build: str, devices: int, count: int) -> Result:
                 ended = "idle"
                 break
         counters = scrape_metrics(metrics_port)
-        sampler.stop_event.set()
-        sampler.join()
-        reader.stop_event.set()
-        reader.join()
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(30)
+        stop_run(gateway, sampler, reader)
         with sqlite3.connect(db_path) as conn:
             ids = [row[0] for row in conn.execute(
                 "SELECT id FROM telemetry_data WHERE data_key='analog_bench_sent' ORDER BY id")]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import signal
 import sqlite3
 import statistics
 import sys
@@ -46,6 +45,7 @@ from benchmarks.e2e import (  # noqa: E402  (run as a script from the repository
     percentile,
     run_to_end,
     start_gateway,
+    stop_run,
 )
 
 GOOD_DEVICES = 5
@@ -104,13 +104,8 @@ def run_once(broker: Mosquitto, build: str, noisy: bool, limit: int, burst: int,
         run_to_end(procs, duration_s + 30)
         loaded_until = time.monotonic()
         time.sleep(DRAIN_S)
-        reader.stop_event.set()
-        reader.join()
-        sampler.stop_event.set()
-        sampler.join()
-        result.noisy_limited = rate_limited(metrics_port, noisy_uuid)
-        gateway.send_signal(signal.SIGTERM)
-        gateway.wait(30)
+        result.noisy_limited = rate_limited(metrics_port, noisy_uuid)  # before the gateway stops
+        stop_run(gateway, reader, sampler)
         with sqlite3.connect(db_path) as conn:
             rows = conn.execute(
                 "SELECT t.id, t.data_value, d.uuid FROM telemetry_data t JOIN devices d ON d.id = t.device_id"
