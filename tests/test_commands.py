@@ -187,6 +187,9 @@ def test_sigkill_mid_command_is_resolved_after_restart_and_never_sent_twice(env,
     board.answer = False
     in_flight = insert_command(env.db, "esp32-relay-001", "relay", {"channel": 5, "command": "on"})
     wait_status(env.db, in_flight, "sent")
+    # The row is marked before it is published: kill only once the board has it,
+    # so that the restart meets a command that really is in flight.
+    wait_for(lambda: len(board.commands) == 2)
     first.stop(signal.SIGKILL)
     env.gateway(MESSAGE_TIMEOUT="3")
     row = wait_status(env.db, in_flight, "timeout")
