@@ -6,13 +6,14 @@ import json
 import signal
 import sqlite3
 import threading
+import time
 from datetime import datetime, timedelta
 
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.fixtures.services import query, wait_for
+from tests.fixtures.services import fixture_bytes, query, wait_for
 
 
 class RelayBoard:
@@ -196,6 +197,43 @@ def test_sigkill_mid_command_is_resolved_after_restart_and_never_sent_twice(env,
     assert row["attempts"] == 1
     assert command_row(env.db, confirmed)["status"] == "acked"
     assert [c["channel"] for c in board.commands] == [4, 5]  # nothing re-sent
+
+
+def test_commands_are_picked_up_while_the_gateway_writes_telemetry(env, boards) -> None:  # type: ignore[no-untyped-def]
+    """The gateway's own commits touch the database file as the Config App's do.
+
+    Only another process's commit may start a poll (SQLite ``data_version``);
+    this proves the Config App's rows are still seen while telemetry commits
+    every few milliseconds, before the 10 s fallback poll (``WATCHED_POLL_S``).
+    """
+    env.gateway()
+    env.register("esp32-relay-001")
+    env.register("esp32-can-001", "esp32_can")
+    board = boards(env.broker, "esp32-relay-001")
+    go_online(env, "esp32-relay-001")
+    sensor = env.peer()
+    payload = fixture_bytes("telemetry_can.json")
+    streaming = threading.Event()
+    streaming.set()
+
+    def stream() -> None:
+        for _ in range(3000):  # bounded: about 15 s at 200 msg/s
+            if not streaming.is_set():
+                return
+            sensor.publish("autocore/devices/esp32-can-001/telemetry", payload, qos=0)
+            time.sleep(0.005)
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    streamer.start()
+    try:
+        wait_for(lambda: query(env.db, "SELECT count(*) AS n FROM telemetry_data")[0]["n"] > 0)
+        for channel in range(1, 9):
+            row_id = insert_command(env.db, "esp32-relay-001", "relay", {"channel": channel, "command": "on"})
+            wait_status(env.db, row_id, "acked", timeout_s=5.0)
+    finally:
+        streaming.clear()
+        streamer.join()
+    assert [c["channel"] for c in board.commands] == list(range(1, 9))
 
 
 def test_hundred_concurrent_commands_to_ten_devices(env, boards) -> None:  # type: ignore[no-untyped-def]

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,7 +54,8 @@ MAX_BATCH_ROWS = 5000
 #: Pause after a failed write before retrying, doubled up to the maximum.
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 5.0
-#: Polls run after each change the file watch reports (see ``_polls_owed``).
+#: Looks for another process's commit after each change the file watch reports
+#: (see ``_checks_owed``); each one that finds a commit runs the pollers.
 POLLS_PER_CHANGE = 2
 #: With a file watch, pollers still run this often in case a change went unseen.
 WATCHED_POLL_S = 10.0
@@ -214,7 +217,7 @@ class Job(NamedTuple):
     args: tuple[Any, ...]
     future: asyncio.Future[Any] | None
     loop: asyncio.AbstractEventLoop | None
-    transaction: bool = True  # run as fn(conn, *args) inside engine.begin()
+    transaction: bool = True  # run as fn(conn, *args) inside a transaction
 
 
 class Database:
@@ -261,12 +264,21 @@ class Database:
         self.job_retries = 0
         self._job_retry_s = RETRY_MIN_S
         self._pollers: list[list[Any]] = []  # [fn, interval_s, last run, seconds it asked for]
-        self._poll_conn: Connection | None = None  # DB thread only, reused by every poll
+        # The DB thread's one connection: every write, job and poll uses it, so on
+        # SQLite its ``PRAGMA data_version`` changes only when another process commits.
+        self._conn: Connection | None = None
+        self._data_version: int | None = None
+        self._sqlite = engine.dialect.name == "sqlite"
         self._watch: Any = None  # FileWatch (SQLite) or ListenWatch (PostgreSQL): has stop()
-        # Polls still owed after a write by another process (set by the watch thread).
-        # Two: the write is seen while the writer may not have committed yet, so
-        # one poll follows a write interval later to catch what the first missed.
+        # Polls owed now (at start, after a NOTIFY or an explicit request).
         self._polls_owed = POLLS_PER_CHANGE
+        # Looks owed after the file watch saw a write (set by the watch thread): the
+        # gateway's own commits write the file too, and polling after each of them
+        # was a fifth of the DB thread's work under load. Two: the write is seen
+        # while the writer may not have committed yet, so a second look follows a
+        # write interval later to catch what the first missed.
+        self._checks_owed = 0
+        self._next_check = 0.0
         # Set by the DB thread while its next decision depends on new data: only
         # then does a push (or a file change) need to wake it.
         self._wake_on_push = False
@@ -344,12 +356,18 @@ class Database:
         if self._wake_on_push:  # a busy writer polls within its write interval anyway
             self._wake.set()
 
+    def _file_changed(self) -> None:
+        """The SQLite file was written, by us or by another process (watch thread)."""
+        self._checks_owed = POLLS_PER_CHANGE
+        if self._wake_on_push:
+            self._wake.set()
+
     # -- lifecycle ----------------------------------------------------------
 
     def start(self, notify_channel: str | None = None) -> None:
         """Start the thread; changes are noticed by inotify (SQLite) or LISTEN ``notify_channel``."""
-        if self.engine.dialect.name == "sqlite" and self.engine.url.database:
-            self._watch = start_watch(Path(self.engine.url.database), self.request_poll)
+        if self._sqlite and self.engine.url.database:
+            self._watch = start_watch(Path(self.engine.url.database), self._file_changed)
         elif self._postgres and notify_channel:
             self._watch = start_listen(self.engine.url, notify_channel, self.request_poll)
         self._thread = threading.Thread(target=self._run, name="autocore-db", daemon=True)
@@ -414,13 +432,13 @@ class Database:
                     continue
                 if stopping and retry_s >= RETRY_MAX_S:
                     log.error("giving up on %d telemetry messages at shutdown", len(pending))
-                    self._close_poll_conn()
+                    self._drop_connection()
                     return
                 time.sleep(retry_s)
                 retry_s = min(retry_s * 2, RETRY_MAX_S)
                 continue
             if stopping and not pending and not self._queued() and not self._jobs:
-                self._close_poll_conn()
+                self._drop_connection()
                 return
             if wanted or (self._queued() and not spaced):  # only the write interval holds us back
                 timeout, wake_on_push = last_commit + self.write_interval_s - now, False
@@ -451,7 +469,7 @@ class Database:
             job = self._jobs.popleft()
             try:
                 if job.transaction:
-                    with self.engine.begin() as conn:
+                    with self._transaction() as conn:
                         result = job.fn(conn, *job.args)
                 else:
                     result = job.fn(*job.args)
@@ -488,6 +506,13 @@ class Database:
         """
         now = time.monotonic()
         next_due = now + IDLE_WAIT_S
+        if self._checks_owed and now >= self._next_check:
+            self._checks_owed -= 1
+            self._next_check = now + self.write_interval_s
+            if self._foreign_commit():
+                self._polls_owed = max(self._polls_owed, 1)
+        if self._checks_owed:
+            next_due = min(next_due, self._next_check)
         changed = self._polls_owed > 0 or self._watch is None
         for poller in self._pollers:
             fn, interval_s, last, asked = poller
@@ -496,13 +521,16 @@ class Database:
             if due <= now:
                 self._polls_owed = max(0, self._polls_owed - 1)
                 try:
-                    if self._poll_conn is None:
-                        self._poll_conn = self.engine.connect()
-                    wanted = fn(self._poll_conn)
-                    self._poll_conn.rollback()  # never keep a read snapshot open
+                    conn = self._connection()
+                    wanted = fn(conn)
+                    conn.rollback()  # never keep a read snapshot open
                 except SQLAlchemyError as exc:
                     log.warning("database poll %s failed: %s", getattr(fn, "__name__", fn), short_error(exc))
-                    self._close_poll_conn()
+                    self._drop_connection()
+                    wanted = interval_s
+                except Exception:  # a bug in a poller must not end the thread
+                    log.exception("database poll %s failed", getattr(fn, "__name__", fn))
+                    self._drop_connection()
                     wanted = interval_s
                 poller[2] = now
                 poller[3] = asked = float(wanted) if isinstance(wanted, (int, float)) else None
@@ -512,13 +540,48 @@ class Database:
             next_due = min(next_due, due)
         return next_due
 
-    def _close_poll_conn(self) -> None:
-        if self._poll_conn is not None:
+    def _foreign_commit(self) -> bool:
+        """Whether another process may have committed since the last look.
+
+        SQLite's ``data_version`` changes for commits made on any other
+        connection, never for the connection's own, and this thread commits
+        only through ``_conn``. Elsewhere (and on any doubt) the answer is yes.
+        """
+        if not self._sqlite:
+            return True
+        try:
+            raw = self._connection().connection.driver_connection
+            version = raw.execute("PRAGMA data_version").fetchone()[0]
+        except (SQLAlchemyError, sqlite3.Error):
+            self._drop_connection()
+            return True
+        changed, self._data_version = version != self._data_version, version
+        return changed
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+            self._data_version = None  # a new connection: anything may have changed
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        """A transaction on the thread's connection; a failed one is dropped, its successor fresh."""
+        conn = self._connection()
+        try:
+            with conn.begin():
+                yield conn
+        except SQLAlchemyError:
+            self._drop_connection()
+            raise
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
             try:
-                self._poll_conn.close()
+                self._conn.close()
             except SQLAlchemyError:
                 pass
-            self._poll_conn = None
+            self._conn = None
 
     @staticmethod
     def _resolve(job: Job, result: Any, exc: BaseException | None) -> None:
@@ -539,7 +602,7 @@ class Database:
     def _write_batch(self, items: list[TelemetryItem]) -> bool:
         started = time.monotonic()
         try:
-            with self.engine.begin() as conn:
+            with self._transaction() as conn:
                 rows = self._rows_for(conn, items)
                 if rows and self._postgres:
                     _copy_rows(conn, rows)
