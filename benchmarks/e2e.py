@@ -391,14 +391,28 @@ def run_gateway(broker: Mosquitto, build: str, devices: int, rate_hz: float, dur
         return result
 
 
-def _raw_subscriber(host: str, port: int, ready: mp.Event, stop: mp.Event, count: mp.Value) -> None:  # type: ignore[valid-type]
-    received = 0
+def _raw_subscriber(host: str, port: int, ready: mp.Event, stop: mp.Event, count: mp.Value,  # type: ignore[valid-type]
+                    out: mp.Queue, steady_from: float) -> None:  # type: ignore[type-arg]
+    """Count messages and note each one's publish->receive latency: the floor under the gateway's.
 
-    def on_message(*_args: object) -> None:
+    The send time is cut out of the payload with a byte search, not a JSON parse,
+    so the subscriber's CPU stays that of paho's receive path.
+    """
+    received = 0
+    latencies: list[float] = []
+    marker = b'"bench_sent":'
+
+    def on_message(_client: object, _userdata: object, message: mqtt.MQTTMessage) -> None:
         nonlocal received
         received += 1
+        payload = message.payload
+        at = payload.find(marker)
+        if at >= 0:
+            sent_s = float(payload[at + len(marker):payload.index(b"}", at)]) / 1e6
+            if sent_s >= steady_from:
+                latencies.append((time.time() - sent_s) * 1000)
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=mqtt.MQTTv5)
     client.on_message = on_message
     client.on_connect = lambda c, *a: c.subscribe("autocore/devices/+/telemetry", 1)
     client.on_subscribe = lambda *a: ready.set()
@@ -407,22 +421,45 @@ def _raw_subscriber(host: str, port: int, ready: mp.Event, stop: mp.Event, count
     stop.wait()
     client.loop_stop()
     count.value = received
+    out.put([round(percentile(latencies, q), 2) for q in (0.50, 0.95, 0.99)])
 
 
-def run_raw(broker: Mosquitto, devices: int, rate_hz: float, duration_s: float) -> Result:
-    """The ceiling: a minimal paho subscriber that only counts, under the same publishers."""
-    ready, stop, count = mp.Event(), mp.Event(), mp.Value("q", 0)
-    proc = mp.Process(target=_raw_subscriber, args=(broker.host, broker.port, ready, stop, count))
+def run_raw(broker: Mosquitto, devices: int, rate_hz: float, duration_s: float, mode: str = "ceiling") -> Result:
+    """A minimal paho MQTT 5 subscriber that only counts, under the same publishers as the gateway.
+
+    With ``rate_hz`` 0 it is the flood ceiling; at a set rate its CPU % and
+    publish->receive latency are what paho and the broker cost before the
+    gateway does anything (the "raw-paho" build of the rates sweep).
+    """
+    ready, stop, count, out = mp.Event(), mp.Event(), mp.Value("q", 0), mp.Queue()
+    load_start = time.time() + PUBLISH_DELAY_S
+    steady_from = load_start + (LATENCY_WARMUP_S if duration_s > 2 * LATENCY_WARMUP_S else 0.0)
+    proc = mp.Process(target=_raw_subscriber, args=(broker.host, broker.port, ready, stop, count, out, steady_from))
     proc.start()
     ready.wait(10)
-    sent = publish(broker.host, broker.port, devices, rate_hz, duration_s)
+    assert proc.pid is not None
+    sampler = ProcessSampler(proc.pid)
+    sampler.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    sent = publish(broker.host, broker.port, devices, rate_hz, duration_s, load_start)
+    loaded_until = time.monotonic()
     time.sleep(DRAIN_S)
+    sampler.stop_event.set()
+    sampler.join()
     stop.set()
+    percentiles = out.get(timeout=30)
     proc.join(10)
-    result = Result("ceiling", "raw-paho", devices, rate_hz, duration_s, sent=sent, stored=int(count.value))
+    result = Result(mode, "raw-paho", devices, rate_hz, duration_s, sent=sent, stored=int(count.value))
     result.offered_per_s = sent / duration_s
     result.stored_per_s = count.value / duration_s
     result.lost = max(0, sent - int(count.value))
+    result.p50_ms, result.p95_ms, result.p99_ms = percentiles
+    result.cpu_percent = round(sampler.cpu_percent(started + 1, loaded_until), 2)
+    rss = [s[2] for s in sampler.samples]
+    loaded = [s[2] for s in sampler.samples if started + 2 <= s[0] <= loaded_until]
+    result.rss_peak_mb = round(max(rss, default=0.0), 1)
+    result.rss_steady_mb = round(statistics.median(loaded or rss or [0.0]), 1)
     return result
 
 
@@ -950,7 +987,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="500,1000,5000", help="offered totals, msg/s")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
     parser.add_argument("--repeat", type=int, default=1, help="runs per point (report medians)")
-    parser.add_argument("--builds", default="compiled,pure")
+    parser.add_argument("--builds", default="compiled,pure",
+                        help=f"of {', '.join(BUILDS)}; the rates sweep also takes raw-paho (a subscriber that only counts)")
     parser.add_argument("--ceiling", action="store_true", help="flood; compare with raw paho")
     parser.add_argument("--drain", action="store_true",
                         help="time draining a backlog queued while the consumer was away; compare with raw paho")
@@ -1033,7 +1071,10 @@ def main(argv: list[str] | None = None) -> int:
                 runs: dict[str, list[Result]] = {build: [] for build in builds}
                 for _ in range(args.repeat):  # builds interleaved, so a busy spell hits both alike
                     for build in builds:
-                        run = run_gateway(broker, build, args.devices, total / args.devices, args.duration)
+                        if build == "raw-paho":
+                            run = run_raw(broker, args.devices, total / args.devices, args.duration, mode="rate")
+                        else:
+                            run = run_gateway(broker, build, args.devices, total / args.devices, args.duration)
                         run.extra["target_per_s"] = total
                         report(run, args.json)
                         runs[build].append(run)
