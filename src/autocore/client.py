@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +51,18 @@ TAKEOVER_HINT_EVERY = 20
 RECV_CHUNK_BYTES = 64 * 1024
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+
+def _no_delay(sock: Any) -> None:
+    """Send small packets (acks, commands, status) at once instead of after Nagle's wait.
+
+    paho leaves Nagle's algorithm on; a PUBACK or a relay command could then
+    wait for the broker's delayed ACK, up to 40 ms on Linux.
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (e.g. a Unix socket)
+        pass
 
 
 class _BufferedClient(mqtt.Client):
@@ -328,6 +341,7 @@ class MqttClient:
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _on_socket_open(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+        _no_delay(sock)
         self._threadsafe(self._watch_reads, sock)
 
     def _on_socket_close(self, client: mqtt.Client, _userdata: Any, sock: Any) -> None:
