@@ -50,7 +50,11 @@ TAKEOVER_HINT_EVERY = 20
 #: Bytes taken from the socket per recv(): one system call serves many packets.
 RECV_CHUNK_BYTES = 64 * 1024
 
-MessageHandler = Callable[[mqtt.MQTTMessage], None]
+#: Receives each message: (topic, payload, retained, qos, mid, dup). The topic is
+#: the raw bytes when it was decoded here, a str when paho decoded it.
+PublishHandler = Callable[[str | bytes, bytes, bool, int, int, bool], None]
+
+_PUBLISH = 0x30
 
 
 def _no_delay(sock: Any) -> None:
@@ -92,6 +96,69 @@ class _BufferedClient(mqtt.Client):
         self._rx_pos += len(chunk)
         return chunk
 
+    #: Receives the PUBLISH packets decoded by ``_read_plain_publish`` (set by MqttClient).
+    plain_publish: PublishHandler | None = None
+
+    def _packet_read(self) -> mqtt.MQTTErrorCode:
+        if self.plain_publish is not None and self._in_packet["command"] == 0:
+            rc = self._read_plain_publish()
+            if rc is not None:
+                return rc
+        return super()._packet_read()
+
+    def _read_plain_publish(self) -> mqtt.MQTTErrorCode | None:
+        """Decode one whole QoS 0/1 PUBLISH without properties straight from the buffer.
+
+        That is every telemetry message, and paho's general path spends most of
+        its time on what such a packet does not need: an MQTT 5 ``Properties``
+        object, an ``MQTTMessage`` with its own ``threading.Condition``, struct
+        formats built per packet, three locks and a DEBUG log line. Anything
+        else (QoS 2, properties, a packet not yet whole, other packet types,
+        anything malformed) returns None and goes to paho's own code, so paho
+        still owns every protocol state and error.
+        """
+        rx, pos = self._rx, self._rx_pos
+        end = len(rx)
+        if pos >= end:
+            return None
+        header = rx[pos]
+        qos = (header >> 1) & 0x03
+        if header & 0xF0 != _PUBLISH or qos > 1:
+            return None
+        length, shift, at = 0, 0, pos + 1
+        while True:  # remaining length: up to four 7-bit groups
+            if at >= end or shift > 21:
+                return None
+            byte = rx[at]
+            at += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        stop = at + length
+        if stop > end or length < 2:
+            return None
+        topic_end = at + 2 + ((rx[at] << 8) | rx[at + 1])
+        if topic_end == at + 2 or topic_end > stop:  # empty topic (an alias): paho's
+            return None
+        mid = 0
+        body = topic_end
+        if qos:
+            if body + 2 > stop:
+                return None
+            mid = (rx[body] << 8) | rx[body + 1]
+            body += 2
+        if self._protocol == mqtt.MQTTv5:
+            if body >= stop or rx[body] != 0:  # properties present
+                return None
+            body += 1
+        self._rx_pos = stop
+        with self._msgtime_mutex:
+            self._last_bytes_received = time.monotonic()
+        self.plain_publish(rx[at + 2:topic_end], rx[body:stop], bool(header & 0x01), qos, mid,
+                           bool(header & 0x08))
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def has_buffered(self) -> bool:
         """True while bytes already read from the socket wait to be parsed (here or in TLS)."""
         if self._rx_pos < len(self._rx):
@@ -109,6 +176,8 @@ class MqttClient:
 
     ``subscriptions`` are (filter, qos) pairs subscribed on every connect.
     ``on_message`` runs on the loop thread for each message; it must not block.
+    Plain QoS 0/1 messages are decoded by ``_BufferedClient`` and the rest by
+    paho; both reach ``on_message`` with the same arguments.
     ``on_connected`` runs after every successful (re)connect.
     """
 
@@ -116,7 +185,7 @@ class MqttClient:
         self,
         settings: Settings,
         subscriptions: Sequence[tuple[str, int]],
-        on_message: MessageHandler,
+        on_message: PublishHandler,
         client_id: str | None = None,
     ) -> None:
         self.settings = settings
@@ -167,6 +236,7 @@ class MqttClient:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.plain_publish = on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_socket_open = self._on_socket_open
         self.client.on_socket_close = self._on_socket_close
@@ -462,7 +532,12 @@ class MqttClient:
         self._schedule_reconnect()
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        self.on_message(message)
+        try:
+            topic: str | bytes = message.topic
+        except UnicodeDecodeError:  # the pipeline rejects it, naming it
+            topic = bytes(message._topic)
+        self.on_message(topic, message.payload, bool(message.retain), message.qos, message.mid,
+                        bool(message.dup))
 
     # -- reconnect --------------------------------------------------------------
 

@@ -196,14 +196,10 @@ class Gateway:
         self._publish(topics.broadcast_command_topic("status"), envelope.dumps(payload), 1, False)
         log.info("asked every device to report its status (%s)", topics.broadcast_command_topic("status"))
 
-    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, topic: str | bytes, payload: bytes, retained: bool, qos: int, mid: int,
+                    dup: bool) -> None:
         assert self.pipeline is not None
-        try:
-            name: str | bytes = message.topic
-        except UnicodeDecodeError:
-            name = bytes(getattr(message, "_topic", b""))
-        self.pipeline.handle(name, message.payload, message.retain, message.qos, message.mid,
-                             bool(message.dup))
+        self.pipeline.handle(topic, payload, retained, qos, mid, dup)
 
     def _ack_committed(self, acks: list[tuple[int, int]]) -> None:
         """Rows are committed: now the broker may forget these QoS 1/2 messages."""
