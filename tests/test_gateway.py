@@ -11,6 +11,10 @@ import signal
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
 from tests.fixtures.services import fixture_bytes, wait_for
 
 GATEWAY_STATUS = "autocore/devices/autocore-gateway/status"
@@ -94,6 +98,29 @@ def test_every_telemetry_variant_lands_in_telemetry_data(env) -> None:  # type: 
     assert [r["data_value"] for r in relay_rows] == ["0", "0"]  # relay_change event, then relay state
     for row in rows:
         assert_local_naive(row["timestamp"])
+
+
+def test_telemetry_at_every_qos_and_with_mqtt5_properties_is_stored(env) -> None:  # type: ignore[no-untyped-def]
+    """Plain QoS 0/1 packets take the client's own decoder; QoS 2 and packets with
+    properties take paho's. Every one of them must be stored, once."""
+    env.gateway()
+    can_id = env.register("esp32-can-001", "esp32_can")
+    device = env.peer(protocol=mqtt.MQTTv5)
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.PayloadFormatIndicator = 1
+    properties.ContentType = "application/json"
+    properties.UserProperty = ("firmware", "1.2.0")
+    body = json.loads(fixture_bytes("telemetry_can.json"))
+    cases = [(qos, props) for props in (None, properties) for qos in (0, 1, 2)]
+    for n, (qos, props) in enumerate(cases):
+        body["can_data"]["signals"]["RPM"]["value"] = 1000 + n
+        info = device.client.publish("autocore/devices/esp32-can-001/telemetry", json.dumps(body), qos=qos,
+                                     properties=props)
+        info.wait_for_publish(10)
+    rows = wait_for(lambda: (r := env.rows("SELECT data_value FROM telemetry_data WHERE data_key='can_rpm' "
+                                           "AND device_id=? ORDER BY id", can_id)) and len(r) >= len(cases) and r,
+                    what=f"{len(cases)} rpm rows")
+    assert sorted(float(r["data_value"]) for r in rows) == [1000.0 + n for n in range(len(cases))]
 
 
 def test_telemetry_from_unknown_devices_is_not_stored(env) -> None:  # type: ignore[no-untyped-def]
