@@ -83,6 +83,9 @@ BUILDS = {
 # -- publishers (separate processes) --------------------------------------------------
 
 
+#: Each device sends in one of this many phases of its period, as free-running ESP32 timers do,
+#: instead of all of a publisher's devices at once.
+PHASE_SLOTS = 10
 #: Seconds between two rounds of housekeeping (keepalive, PINGRESP) over a publisher's clients.
 SERVICE_PERIOD_S = 1.0
 
@@ -94,7 +97,7 @@ def _service(clients: list[tuple[str, mqtt.Client, str]]) -> None:
 
 def _publisher(host: str, port: int, uuids: list[str], rate_hz: float, duration_s: float,
                start_at: float, counter: mp.Value) -> None:  # type: ignore[valid-type]
-    """Publish telemetry for ``uuids`` at ``rate_hz`` each (0: as fast as possible), QoS 0.
+    """Publish telemetry for ``uuids`` at ``rate_hz`` each (0: as fast as possible), QoS 0, phases spread.
 
     No network threads: with no loop thread paho writes each PUBLISH to the
     socket inside ``publish()``, so the send time in the payload is the time it
@@ -119,12 +122,17 @@ def _publisher(host: str, port: int, uuids: list[str], rate_hz: float, duration_
     period = 1.0 / rate_hz if rate_hz > 0 else 0.0
     begin = time.monotonic()
     serviced = begin
+    slots = [clients[i::PHASE_SLOTS] for i in range(PHASE_SLOTS)] if period else [clients]
+    slot_s = period / len(slots)
     while time.monotonic() - begin < duration_s:
-        for uuid, client, topic in clients:
-            payload["uuid"] = uuid
-            payload["analog_sensors"] = {"bench_sent": time.time() * 1e6}
-            client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=0)
-            sent += 1
+        for number, slot in enumerate(slots):
+            if period:
+                time.sleep(max(0.0, begin + tick * period + number * slot_s - time.monotonic()))
+            for uuid, client, topic in slot:
+                payload["uuid"] = uuid
+                payload["analog_sensors"] = {"bench_sent": time.time() * 1e6}
+                client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=0)
+                sent += 1
         tick += 1
         if time.monotonic() - serviced >= SERVICE_PERIOD_S:
             _service(clients)
