@@ -468,7 +468,7 @@ def run_raw(broker: Mosquitto, devices: int, rate_hz: float, duration_s: float, 
     publish->receive latency are what paho and the broker cost before the
     gateway does anything (the "raw-paho" build of the rates sweep).
     """
-    spawn = mp.get_context("spawn")  # a fresh interpreter: its RSS is paho's, not a copy of this process
+    spawn = mp.get_context("spawn")  # a fresh interpreter: its RSS is not a copy of this process
     ready, stop, count, out = spawn.Event(), spawn.Event(), spawn.Value("q", 0), spawn.Queue()
     load_start = time.time() + PUBLISH_DELAY_S
     steady_from = load_start + (LATENCY_WARMUP_S if duration_s > 2 * LATENCY_WARMUP_S else 0.0)

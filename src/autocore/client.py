@@ -154,7 +154,7 @@ class _BufferedClient(mqtt.Client):
             body += 1
         self._rx_pos = stop
         with self._msgtime_mutex:
-            self._last_bytes_received = time.monotonic()
+            self._last_bytes_received = mqtt.time_func()  # paho's keepalive clock
         self.plain_publish(rx[at + 2:topic_end], rx[body:stop], bool(header & 0x01), qos, mid,
                            bool(header & 0x08))
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
