@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.e2e import (  # noqa: E402  (run as a script from the repository root)
     BUILDS,
     DRAIN_S,
+    LIVE_BROKER_CONFIG,
     CommitReader,
     ProcessSampler,
     _publisher,
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build", default="compiled", choices=sorted(BUILDS))
     args = parser.parse_args(argv)
     runs: dict[bool, list[Run]] = {False: [], True: []}
-    with Mosquitto() as broker:
+    with Mosquitto(extra_config=LIVE_BROKER_CONFIG) as broker:
         for n in range(args.repeat):
             for noisy in (False, True):  # side by side, alternating, so drift hits both alike
                 run = run_once(broker, args.build, noisy, args.limit, args.burst, args.duration)
