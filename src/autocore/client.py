@@ -82,16 +82,20 @@ class _BufferedClient(mqtt.Client):
     #: The last TLS error met while reading (a rejected client certificate shows only here).
     last_tls_error: str | None = None
 
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._rx_pos >= len(self._rx):
-            try:
-                data = super()._sock_recv(RECV_CHUNK_BYTES)  # BlockingIOError when nothing is there
-            except ssl.SSLError as exc:
-                self.last_tls_error = str(exc)
-                raise
-            if not data:
-                return data  # the broker closed the connection
+    def _fill(self) -> bytes:
+        """Take the next chunk from the socket into the buffer; b"" when the broker closed it."""
+        try:
+            data = super()._sock_recv(RECV_CHUNK_BYTES)  # BlockingIOError when nothing is there
+        except ssl.SSLError as exc:
+            self.last_tls_error = str(exc)
+            raise
+        if data:
             self._rx, self._rx_pos = data, 0
+        return data
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rx_pos >= len(self._rx) and not self._fill():
+            return b""  # the broker closed the connection
         chunk = self._rx[self._rx_pos:self._rx_pos + bufsize]
         self._rx_pos += len(chunk)
         return chunk
@@ -101,6 +105,14 @@ class _BufferedClient(mqtt.Client):
 
     def _packet_read(self) -> mqtt.MQTTErrorCode:
         if self.plain_publish is not None and self._in_packet["command"] == 0:
+            if self._rx_pos >= len(self._rx):
+                # Refill here, or the first packet of every chunk would take paho's path.
+                try:
+                    self._fill()
+                except BlockingIOError:
+                    return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
+                except OSError:
+                    pass  # paho's read meets the same error and reports it
             rc = self._read_plain_publish()
             if rc is not None:
                 return rc
