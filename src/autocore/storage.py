@@ -136,7 +136,7 @@ def _telemetry_insert(engine: Engine) -> tuple[str, Callable[[datetime], Any]]:
     values = ", ".join(marker.format(n=n + 1) for n in range(len(columns)))
     sql = f"INSERT INTO {quote(telemetry_data.name)} ({', '.join(quote(c) for c in columns)}) VALUES ({values})"
     if dialect.name == "sqlite":
-        return sql, lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+        return sql, lambda moment: moment.isoformat(" ", "microseconds")  # strftime: 3x slower
     return sql, lambda moment: moment
 
 
