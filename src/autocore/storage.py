@@ -54,9 +54,14 @@ MAX_BATCH_ROWS = 5000
 #: Pause after a failed write before retrying, doubled up to the maximum.
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 5.0
-#: Looks for another process's commit after each change the file watch reports
-#: (see ``_checks_owed``); each one that finds a commit runs the pollers.
+#: Polls owed at start and after a NOTIFY or an explicit request: one now, one a
+#: poll interval later for a writer that had not committed yet.
 POLLS_PER_CHANGE = 2
+#: Looks for another process's commit after each write the file watch reports:
+#: at once, RECHECK_SOON_S later and a write interval later (see ``_checks_owed``).
+#: A look costs a few microseconds; each one that finds a commit runs the pollers.
+CHECKS_PER_CHANGE = 3
+RECHECK_SOON_S = 0.002
 #: With a file watch, pollers still run this often in case a change went unseen.
 WATCHED_POLL_S = 10.0
 #: How long an unknown device uuid is remembered as unknown.
@@ -274,9 +279,9 @@ class Database:
         self._polls_owed = POLLS_PER_CHANGE
         # Looks owed after the file watch saw a write (set by the watch thread): the
         # gateway's own commits write the file too, and polling after each of them
-        # was a fifth of the DB thread's work under load. Two: the write is seen
-        # while the writer may not have committed yet, so a second look follows a
-        # write interval later to catch what the first missed.
+        # was a fifth of the DB thread's work under load. Several: the first write
+        # is seen before the writer has committed, so later looks catch the commit
+        # (most within 2 ms, a large transaction within a write interval).
         self._checks_owed = 0
         self._next_check = 0.0
         # Set by the DB thread while its next decision depends on new data: only
@@ -358,7 +363,8 @@ class Database:
 
     def _file_changed(self) -> None:
         """The SQLite file was written, by us or by another process (watch thread)."""
-        self._checks_owed = POLLS_PER_CHANGE
+        self._checks_owed = CHECKS_PER_CHANGE
+        self._next_check = 0.0
         if self._wake_on_push:
             self._wake.set()
 
@@ -508,7 +514,8 @@ class Database:
         next_due = now + IDLE_WAIT_S
         if self._checks_owed and now >= self._next_check:
             self._checks_owed -= 1
-            self._next_check = now + self.write_interval_s
+            soon = self._checks_owed == CHECKS_PER_CHANGE - 1
+            self._next_check = now + (RECHECK_SOON_S if soon else self.write_interval_s)
             if self._foreign_commit():
                 self._polls_owed = max(self._polls_owed, 1)
         if self._checks_owed:
