@@ -122,7 +122,7 @@ def _publisher(host: str, port: int, uuids: list[str], rate_hz: float, duration_
     period = 1.0 / rate_hz if rate_hz > 0 else 0.0
     begin = time.monotonic()
     serviced = begin
-    slots = [clients[i::PHASE_SLOTS] for i in range(PHASE_SLOTS)] if period else [clients]
+    slots = [group for group in (clients[i::PHASE_SLOTS] for i in range(PHASE_SLOTS)) if group] if period else [clients]
     slot_s = period / len(slots)
     while time.monotonic() - begin < duration_s:
         for number, slot in enumerate(slots):
