@@ -104,8 +104,9 @@ def plot_latency(paths: list[Path], out: Path) -> None:
         ax.text(0.995, limit_ms, label, transform=ax.get_yaxis_transform(), ha="right", va="bottom",
                 fontsize=8, color="grey")
     ax.set_xlabel("offered rate, msg/s (median of runs)")
-    ax.set_ylabel("publish -> committed row, ms (median of runs)")
-    ax.set_title("autocore end to end: latency percentiles vs offered rate (compiled vs pure)")
+    raw = " (raw-paho: received)" if "raw-paho" in points else ""
+    ax.set_ylabel(f"publish -> committed row{raw}, ms (median of runs)")
+    ax.set_title(f"autocore end to end: latency percentiles vs offered rate ({' vs '.join(sorted(points))})")
     ax.grid(True, which="both", linewidth=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
