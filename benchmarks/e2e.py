@@ -100,10 +100,9 @@ def _publisher(host: str, port: int, uuids: list[str], rate_hz: float, duration_
     """Publish telemetry for ``uuids`` at ``rate_hz`` each (0: as fast as possible), QoS 0, phases spread.
 
     No network threads: with no loop thread paho writes each PUBLISH to the
-    socket inside ``publish()``, so the send time in the payload is the time it
-    left. With one ``loop_start()`` thread per client the 25 threads of a
-    process queued for the GIL, and the raw subscriber saw p95 43 ms of
-    publish->receive latency at 500 msg/s, all of it spent in the publishers.
+    socket inside ``publish()``, so the send time in the payload is the time the
+    packet left, not the time it was queued for one of 25 ``loop_start()``
+    threads waiting for the GIL.
     """
     clients = []
     for uuid in uuids:
