@@ -74,7 +74,8 @@ class _BufferedClient(mqtt.Client):
     byte, length bytes and body separately (three or more recv() calls per
     message); reading 64 KiB at a time and serving those requests from memory
     cut the receive cost of a minimal subscriber by 10-25 % on the benchmark
-    machine. Everything else is paho's own code.
+    machine. The buffer also lets plain PUBLISH packets be decoded here
+    (``_read_plain_publish``); everything else is paho's own code.
     """
 
     _rx = b""
