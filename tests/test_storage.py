@@ -107,3 +107,24 @@ def test_file_watch_sees_another_process_commit(tmp_path: Path) -> None:
         assert seen.wait(5)
     finally:
         watch.stop()
+
+
+def test_own_commits_do_not_run_the_pollers_but_another_process_commit_does(database, installed_db) -> None:  # type: ignore[no-untyped-def]
+    """The file watch sees the gateway's own commits too; only a foreign commit may run a poll."""
+    db = database(batch_rows=1)
+    runs: list[float] = []
+    db.add_poller(lambda _conn: runs.append(time.monotonic()), 0.02)
+    db.push_telemetry(TelemetryItem(None, "esp32-can-001", datetime.now(), ROWS))  # warm-up: first look
+    wait_for(lambda: count(installed_db) == 4 and len(runs) >= 2)
+    time.sleep(0.3)
+    settled = len(runs)
+    for _ in range(20):  # 20 commits of our own, each one a write the file watch reports
+        db.push_telemetry(TelemetryItem(None, "esp32-can-001", datetime.now(), ROWS))
+        time.sleep(0.03)
+    wait_for(lambda: count(installed_db) == 84)
+    time.sleep(0.3)
+    assert len(runs) == settled
+    with sqlite3.connect(installed_db) as conn:  # the Config App's commit
+        conn.execute("UPDATE devices SET name = 'CAN bus reader' WHERE id = 7")
+    # Well before the fallback poll (storage.WATCHED_POLL_S, 10 s).
+    wait_for(lambda: len(runs) > settled, timeout_s=5.0, what="a poll after another process committed")
