@@ -212,6 +212,17 @@ class ProcessSampler(threading.Thread):
                 self.samples.append((time.monotonic(), *reading))
             self.stop_event.wait(self.period_s)
 
+    def loaded_rss(self, started: float, loaded_until: float) -> list[float]:
+        """RSS samples taken under load, from 2 s after ``started`` (monotonic) to ``loaded_until``."""
+        return [s[2] for s in self.samples if started + 2 <= s[0] <= loaded_until]
+
+    def record(self, result: Result, started: float, loaded_until: float) -> None:
+        """Set ``result``'s CPU % (from 1 s after ``started``) and its peak and steady (loaded) RSS."""
+        rss = [s[2] for s in self.samples]
+        result.cpu_percent = round(self.cpu_percent(started + 1, loaded_until), 2)
+        result.rss_peak_mb = round(max(rss, default=0.0), 1)
+        result.rss_steady_mb = round(statistics.median(self.loaded_rss(started, loaded_until) or rss or [0.0]), 1)
+
     def cpu_percent(self, since: float, until: float) -> float:
         window = [s for s in self.samples if since <= s[0] <= until]
         if len(window) < 2:
@@ -395,8 +406,6 @@ def run_gateway(broker: Mosquitto, build: str, devices: int, rate_hz: float, dur
                 latencies.append(latency_ms)
                 if float(sent_us) / 1e6 >= warmup_end:
                     steady.append(latency_ms)
-        rss = [s[2] for s in sampler.samples]
-        loaded = [s[2] for s in sampler.samples if started + 2 <= s[0] <= loaded_until]
         result = Result(mode, build, devices, rate_hz, duration_s)
         result.sent, result.stored = sent, len(rows)
         result.lost = max(0, sent - len(rows))
@@ -406,10 +415,9 @@ def run_gateway(broker: Mosquitto, build: str, devices: int, rate_hz: float, dur
                                                        for q in (0.50, 0.95, 0.99))
         result.extra["p99_incl_warmup_ms"] = round(percentile(latencies, 0.99), 2)
         result.extra["latency_warmup_s"] = round(warmup_end - load_start, 1)
-        result.cpu_percent = round(sampler.cpu_percent(started + 1, loaded_until), 2)
-        result.rss_peak_mb = round(max(rss, default=0.0), 1)
-        result.rss_steady_mb = round(statistics.median(loaded or rss or [0.0]), 1)
+        sampler.record(result, started, loaded_until)
         result.log_warnings = read_warnings(workdir / f"gateway-{build}.log")
+        loaded = sampler.loaded_rss(started, loaded_until)
         if mode == "soak" and len(loaded) > 2:
             times = [s[0] - started for s in sampler.samples if started + 2 <= s[0] <= loaded_until]
             slope = statistics.linear_regression(times, loaded).slope * 60
@@ -492,11 +500,7 @@ def run_raw(broker: Mosquitto, devices: int, rate_hz: float, duration_s: float, 
     result.stored_per_s = count.value / duration_s
     result.lost = max(0, sent - int(count.value))
     result.p50_ms, result.p95_ms, result.p99_ms = percentiles
-    result.cpu_percent = round(sampler.cpu_percent(started + 1, loaded_until), 2)
-    rss = [s[2] for s in sampler.samples]
-    loaded = [s[2] for s in sampler.samples if started + 2 <= s[0] <= loaded_until]
-    result.rss_peak_mb = round(max(rss, default=0.0), 1)
-    result.rss_steady_mb = round(statistics.median(loaded or rss or [0.0]), 1)
+    sampler.record(result, started, loaded_until)
     return result
 
 
