@@ -1,6 +1,6 @@
 """PostgreSQL telemetry batch write: COPY against pipelined executemany and multi-row VALUES.
 
-Why it exists: ``storage._copy_rows`` writes each telemetry batch with COPY
+Why it exists: ``storage.telemetry._copy_rows`` writes each telemetry batch with COPY
 (``cursor.copy`` + ``write_row``), and the comment there quotes this script's
 numbers. It measures the three ways psycopg 3 can send one batch of
 ``telemetry_data`` rows, on a throwaway cluster over loopback TCP, as the
@@ -32,7 +32,7 @@ from sqlalchemy import create_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for tests.fixtures
 from autocore.schema import ensure_schema  # noqa: E402
-from autocore.storage import _COPY_TELEMETRY  # noqa: E402
+from autocore.storage.telemetry import _COPY_TELEMETRY  # noqa: E402
 from tests.fixtures.services import postgres_clusters  # noqa: E402
 
 COLUMNS = "timestamp, device_id, data_type, data_key, data_value, unit"
@@ -47,7 +47,7 @@ Samples = dict[tuple[str, int], list[tuple[float, float]]]
 
 
 def write_copy(cursor: psycopg.Cursor[Any], rows: list[Row]) -> None:
-    """What autocore does (storage._copy_rows): COPY FROM STDIN, one write_row per row."""
+    """What autocore does (storage.telemetry._copy_rows): COPY FROM STDIN, one write_row per row."""
     with cursor.copy(_COPY_TELEMETRY) as copy:
         for row in rows:
             copy.write_row(row)

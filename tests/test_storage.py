@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from autocore.config import Settings
-from autocore.filewatch import start_watch
+from autocore.storage.filewatch import start_watch
 from autocore.ringbuffer import Ring
 from autocore.schema import ensure_schema, telemetry_data
 from autocore.storage import Database, TelemetryItem, open_engine
@@ -126,5 +126,5 @@ def test_own_commits_do_not_run_the_pollers_but_another_process_commit_does(data
     assert len(runs) == settled
     with sqlite3.connect(installed_db) as conn:  # the Config App's commit
         conn.execute("UPDATE devices SET name = 'CAN bus reader' WHERE id = 7")
-    # Well before the fallback poll (storage.WATCHED_POLL_S, 10 s).
+    # Well before the fallback poll (storage.changes.WATCHED_POLL_S, 10 s).
     wait_for(lambda: len(runs) > settled, timeout_s=5.0, what="a poll after another process committed")

@@ -1,6 +1,6 @@
 """Notice new command rows in PostgreSQL with LISTEN/NOTIFY instead of polling.
 
-The PostgreSQL twin of :mod:`autocore.filewatch`: a trigger on
+The PostgreSQL twin of :mod:`autocore.storage.filewatch`: a trigger on
 ``gateway_commands`` (see :mod:`autocore.schema`) notifies a channel whenever
 a row becomes pending, and this thread, holding its own autocommit connection,
 turns each notification into ``on_change()``. After every (re)connect it calls
