@@ -274,7 +274,10 @@ def test_relay_command_is_routed_to_the_topic_device(env) -> None:  # type: igno
 
 
 def test_sigterm_flushes_telemetry_and_publishes_offline(env) -> None:  # type: ignore[no-untyped-def]
-    gateway = env.gateway(TELEMETRY_BATCH_SIZE="100000", TELEMETRY_FLUSH_INTERVAL="60")
+    # A window of 200 lets the 50 QoS 1 messages wait: the writer commits early only
+    # once acknowledgements owed reach half the window.
+    gateway = env.gateway(TELEMETRY_BATCH_SIZE="100000", TELEMETRY_FLUSH_INTERVAL="60",
+                          AUTOCORE_WRITE_INTERVAL="60", MAX_CONCURRENT_MESSAGES="200")
     env.register("esp32-can-001", "esp32_can")
     observer = env.peer()
     observer.subscribe(GATEWAY_STATUS)

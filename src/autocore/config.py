@@ -180,8 +180,9 @@ KEYS: tuple[Key, ...] = (
     Key("AUTOCORE_RATE_BURST", "rate_burst", "100", _integer(1), "burst allowance per device, messages"),
     Key("AUTOCORE_HEARTBEAT_INTERVAL", "heartbeat_interval_s", "30", _number(0),
         "gateway heartbeat and offline sweep period, s"),
-    Key("AUTOCORE_WRITE_INTERVAL", "write_interval_s", "0.02", _number(0, lo_inclusive=True),
-        "shortest time between two telemetry commits, s (batches what arrives meanwhile)"),
+    Key("AUTOCORE_WRITE_INTERVAL", "write_interval_s", "1", _number(0, lo_inclusive=True),
+        "shortest time between two telemetry commits, s: the latency/SD-card wear knob "
+        "(QoS 1/2 backlogs commit sooner)"),
     Key("AUTOCORE_RING_CAPACITY", "ring_capacity", "20000", _integer(16, 10_000_000),
         "telemetry messages buffered for the database writer"),
     Key("AUTOCORE_CONNECT_TIMEOUT", "connect_timeout_s", "10", _number(0, lo_inclusive=True),

@@ -334,7 +334,13 @@ class Exporter:
         return generate_latest(page)
 
     async def _healthz(self) -> tuple[int, str, bytes]:
-        body = {"status": "ok", "version": __version__, "uptime_s": round(self.gateway.uptime(), 3)}
+        """Alive = the loop answers and the database thread runs (a gateway storing nothing is not)."""
+        body: dict[str, Any] = {"status": "ok", "version": __version__,
+                                "uptime_s": round(self.gateway.uptime(), 3)}
+        db = self.gateway.db
+        if db is not None and not db.alive:
+            body.update(status="failing", database_thread=f"dead: {db.failure!r}")
+            return 503, JSON_TYPE, json.dumps(body).encode()
         return 200, JSON_TYPE, json.dumps(body).encode()
 
     async def _readyz(self) -> tuple[int, str, bytes]:
@@ -372,6 +378,9 @@ class Exporter:
 
     async def _database_check(self) -> dict[str, Any]:
         """The write probe's verdict; one probe in flight at most, one per DB_PROBE_REUSE_S."""
+        db = self.gateway.db
+        if db is not None and not db.alive:
+            return _check(False, f"the database thread died: {db.failure!r}")
         last = self._probe_result
         if last is not None and time.monotonic() - last[0] < DB_PROBE_REUSE_S:
             return last[1]

@@ -48,6 +48,9 @@ LOSS_REPORT_S = 10.0
 STATUS_REQUEST_MIN_S = 60.0
 #: Longest wait for queued telemetry to reach the database at shutdown.
 FLUSH_TIMEOUT_S = 10.0
+#: Exit code after the database thread died (EX_SOFTWARE): systemd's
+#: Restart=on-failure starts the gateway again.
+EXIT_DATABASE_FAILED = 70
 
 
 class Gateway:
@@ -67,6 +70,7 @@ class Gateway:
         self._next_status_request = 0.0
         self._next_loss_report = 0.0
         self._reported_losses = (0, 0)  # (ring evictions, refusals) already logged
+        self.exit_code = 0
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -100,7 +104,7 @@ class Gateway:
         await self.stop_requested.wait()
         tick.cancel()
         await self._shutdown()
-        return 0
+        return self.exit_code
 
     # -- start-up --------------------------------------------------------------------
 
@@ -129,7 +133,9 @@ class Gateway:
         # so reading pauses at a quarter of this ring (see MqttClient.pause_reading).
         reliable = Ring(max(8 * settings.max_concurrent_messages, RELIABLE_CAPACITY), "reject")
         self.db = Database(engine, ring, settings.telemetry_batch_size,
-                           settings.telemetry_flush_interval_s, reliable, settings.write_interval_s)
+                           settings.telemetry_flush_interval_s, reliable, settings.write_interval_s,
+                           ack_window=settings.max_concurrent_messages)
+        self.db.on_failure = lambda exc: loop.call_soon_threadsafe(self._database_failed, exc)
         self.db.start(notify_channel=COMMANDS_CHANNEL)
         await self.db.call(register_gateway, settings.gateway_uuid, __version__)
         self.db.post(write_event, "system", "gateway", "startup", {"timestamp": utc_timestamp()})
@@ -152,6 +158,7 @@ class Gateway:
         self.pipeline.pause_intake = self.client.pause_reading
         loop = asyncio.get_running_loop()
         self.db.on_acks = lambda acks: loop.call_soon_threadsafe(self._ack_committed, acks)
+        self.db.on_rejected = lambda refused: loop.call_soon_threadsafe(self._count_refused, refused)
         self.client.will_set(topics.status_topic(settings.gateway_uuid),
                              status.last_will(settings.gateway_uuid, utc_timestamp()))
         self.client.on_connected = self._on_connected
@@ -208,6 +215,17 @@ class Gateway:
             self.client.ack(mid, qos)
         if self.client.reading_paused and self.db.reliable_backlog_low():
             self.client.resume_reading()
+
+    def _count_refused(self, refused: list[tuple[str, str]]) -> None:
+        """Messages the database refused for good: counted per device and reason, like bad input."""
+        for uuid, reason in refused:
+            self.metrics.reject(reason, uuid)
+
+    def _database_failed(self, exc: BaseException) -> None:
+        """The database thread died: stop with a failure code so the service manager restarts us."""
+        log.critical("stopping: the database thread died (%r); exit code %d", exc, EXIT_DATABASE_FAILED)
+        self.exit_code = EXIT_DATABASE_FAILED
+        self.request_stop()
 
     def uptime(self) -> float:
         return time.monotonic() - self.started_monotonic
