@@ -100,6 +100,9 @@ LABELLED_COUNTERS = (
      ["reason", "device"]),
     ("rate_limited", "autocore_messages_rate_limited",
      "QoS 0 messages dropped by the per-device rate limit.", ["device"]),
+    ("signals_skipped", "autocore_telemetry_signals_skipped",
+     "Signals left out of accepted telemetry (bad value, name, unit or key length), by device.",
+     ["device"]),
 )
 #: Ring buffer statistics: (key of Ring.stats() and metric suffix, help, is a counter).
 RING_STATS = (
@@ -120,6 +123,8 @@ DB_COUNTERS = (
     ("rows_unknown_device", "rows_unknown_device",
      "Telemetry rows of devices not in the database."),
     ("job_retries", "job_retries", "Database jobs retried after a locked or failing database."),
+    ("messages_rejected", "messages_refused",
+     "Telemetry messages the database refused for good (the rest of their batch stored)."),
 )
 
 

@@ -29,6 +29,7 @@ class Metrics:
         self.rejected_by_reason: Counter[str] = Counter()
         self.rejected_by_device: Counter[tuple[str, str]] = Counter()
         self.rate_limited: Counter[str] = Counter()
+        self.signals_skipped: Counter[str] = Counter()
         self.telemetry_messages = 0
         self.telemetry_rows = 0
         self.telemetry_dropped = 0
@@ -46,9 +47,11 @@ class Metrics:
         self.rejected_by_device[key] += 1
 
     def limited(self, uuid: str) -> None:
-        if uuid not in self.rate_limited and len(self.rate_limited) >= MAX_LABELLED_PAIRS:
-            uuid = OTHER
-        self.rate_limited[uuid] += 1
+        _count_capped(self.rate_limited, uuid)
+
+    def skipped(self, uuid: str, signals: int) -> None:
+        """Count signals an accepted telemetry message carried but no row could hold."""
+        _count_capped(self.signals_skipped, uuid, signals)
 
     @property
     def rejected(self) -> int:
@@ -68,6 +71,12 @@ class Metrics:
             "errors_published": self.errors_published,
             "handler_failures": self.handler_failures,
         }
+
+
+def _count_capped(counter: Counter[str], uuid: str, n: int = 1) -> None:
+    if uuid not in counter and len(counter) >= MAX_LABELLED_PAIRS:
+        uuid = OTHER
+    counter[uuid] += n
 
 
 class LatencyHistogram:

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 import uuid as uuidlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +44,8 @@ RELAY = "relay"
 DEVICE_COMMANDS = frozenset({"reset", "status", "reboot", "ota"})
 RELAY_ACTIONS = frozenset({"on", "off", "toggle"})
 MAX_CHANNEL = 16
+#: Relay boards whose last states are remembered for toggle confirmations.
+MAX_TRACKED_BOARDS = 1024
 #: Publish attempts for one command when paho refuses it (queue full, not connected...).
 MAX_PUBLISH_ATTEMPTS = 3
 PUBLISH_RETRY_S = 0.5
@@ -395,7 +398,9 @@ class Outbox:
         self.shared = shared
         self._loop = asyncio.get_running_loop()
         self._outstanding: dict[str, Command] = {}  # command_id -> sent, awaiting confirmation
-        self._relay_states: dict[tuple[str, int], bool] = {}  # last known (device, channel) state
+        # Last known relay states, device -> {channel: state}, for toggle confirmations;
+        # least recently updated boards are forgotten past MAX_TRACKED_BOARDS.
+        self._relay_states: OrderedDict[str, dict[int, bool]] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.outcomes: dict[str, int] = {}
         #: Called with (device uuid, response) for a response no command of ours matches.
@@ -482,14 +487,17 @@ class Outbox:
             if not channels or any(ch not in states for ch in channels):
                 continue
             if action == "toggle":
-                before = [self._relay_states.get((device_uuid, ch)) for ch in channels]
+                known = self._relay_states.get(device_uuid, {})
+                before = [known.get(ch) for ch in channels]
                 confirmed = all(prev is None or states[ch] != prev for ch, prev in zip(channels, before))
             else:
                 confirmed = all(states[ch] == (action == "on") for ch in channels)
             if confirmed:
                 self._finish(command, ACKED, None, {"channels": {str(ch): states[ch] for ch in channels}})
-        for channel, state in states.items():
-            self._relay_states[(device_uuid, channel)] = state
+        self._relay_states.setdefault(device_uuid, {}).update(states)
+        self._relay_states.move_to_end(device_uuid)
+        while len(self._relay_states) > MAX_TRACKED_BOARDS:
+            self._relay_states.popitem(last=False)
         if self.shared:
             self._spawn(self._confirmed_elsewhere(
                 self.db.call(confirm_relays, device_uuid, states, self.gateway_uuid)))

@@ -43,6 +43,8 @@ RELAY_SET_QOS = 1
 _SILENT_REJECT_KINDS = frozenset({kinds.RESPONSE})
 
 Publish = Callable[[str, bytes, int, bool], Any]
+#: ``data_key`` of a relay row -> its channel (the validator builds rows for channels 1-16 only).
+_RELAY_CHANNELS = {f"relay_{channel}": channel for channel in range(1, 17)}
 
 
 class Delivery(NamedTuple):
@@ -255,6 +257,8 @@ class Pipeline:
         device = self.registry.get(message.uuid)
         rows = message.rows
         deferred = False
+        if message.skipped:
+            self.metrics.skipped(message.uuid, message.skipped)
         if rows:
             device_id = device.id if device else None
             if delivery.qos:
@@ -288,18 +292,19 @@ class Pipeline:
             self.registry.seen(device, touch=not retained)
 
     def _on_relay_state(self, message: Message, delivery: Delivery) -> bool:
+        """Store the relay rows; states of a known device confirm its pending relay commands.
+
+        States come from the rows the validator built (channels 1-16, booleans
+        only), never from the raw payload, and only a device in the database
+        is tracked: made-up uuids and channel maps cannot grow memory.
+        """
         deferred = self._on_telemetry(message, delivery)
-        if self.outbox is None or delivery.retained:
+        if self.outbox is None or delivery.retained or self.registry.get(message.uuid) is None:
             return deferred
-        data = message.data or {}
-        states = {}
-        channels = data.get("channels")
-        if isinstance(channels, dict):
-            states = {int(k): v for k, v in channels.items()
-                      if isinstance(k, str) and k.isdigit() and isinstance(v, bool)}
-        elif data.get("event") == "relay_change" and type(data.get("channel")) is int \
-                and isinstance(data.get("state"), bool):
-            states = {data["channel"]: data["state"]}
+        if message.kind == kinds.RELAY_TELEMETRY and (message.data or {}).get("event") != "relay_change":
+            return deferred
+        states = {_RELAY_CHANNELS[key]: value == "1" for data_type, key, value, _ in message.rows
+                  if data_type == "relay" and key in _RELAY_CHANNELS}
         if states:
             self.outbox.on_relay_states(message.uuid, states)
         return deferred

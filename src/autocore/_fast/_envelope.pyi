@@ -4,6 +4,8 @@ from typing import Any, Optional, Union
 
 DEFAULT_MAX_PAYLOAD_BYTES: int
 MAX_DEPTH: int
+MAX_DATA_KEY_LENGTH: int
+MAX_UNIT_LENGTH: int
 
 Row = tuple[str, str, str, Optional[str]]
 

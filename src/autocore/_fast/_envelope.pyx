@@ -126,6 +126,8 @@ cdef extern from "_envelope_dom.h" namespace "autocore_envelope" nogil:
 cdef enum:
     _MAX_DEPTH = 32
     _MAX_SENSOR_NAME_LENGTH = 64
+    _MAX_DATA_KEY_LENGTH = 100
+    _MAX_UNIT_LENGTH = 20
     _MAX_UUID_LENGTH = 64
     _FIRST_CHANNEL = 1
     _LAST_CHANNEL = 16
@@ -149,6 +151,8 @@ cdef enum:
 DEFAULT_MAX_PAYLOAD_BYTES = 65536
 #: Deepest nesting of objects/arrays accepted; real envelopes use three levels.
 MAX_DEPTH = _MAX_DEPTH
+MAX_DATA_KEY_LENGTH = _MAX_DATA_KEY_LENGTH
+MAX_UNIT_LENGTH = _MAX_UNIT_LENGTH
 
 cdef dict _KIND_CODES = {
     ANNOUNCE: KIND_ANNOUNCE,
@@ -515,6 +519,20 @@ cdef bint _sensor_name_ok(const char *data, size_t length) noexcept:
     return 0 < characters <= _MAX_SENSOR_NAME_LENGTH
 
 
+cdef bint _unit_ok(const char *data, size_t length) noexcept:
+    """Accept units of at most 20 characters without ASCII controls (PostgreSQL refuses NUL)."""
+    cdef size_t index
+    cdef size_t characters = 0
+    cdef unsigned char byte
+    for index in range(length):
+        byte = <unsigned char>data[index]
+        if byte < 0x20 or byte == 0x7F:
+            return False
+        if (byte & 0xC0) != 0x80:
+            characters += 1
+    return characters <= _MAX_UNIT_LENGTH
+
+
 cdef str _sensor_key(str prefix, const char *data, size_t length):
     """Return ``prefix + name.lower()`` (``prefix`` is ASCII), lower-casing ASCII names in C."""
     cdef char buffer[_SENSOR_KEY_BUFFER_BYTES]
@@ -821,8 +839,15 @@ cdef class Validator:
                 continue
             unit = None
             if _has(present, SIGNAL_UNIT) and type_code(values[SIGNAL_UNIT]) == b'"':
+                if not _unit_ok(string_data(values[SIGNAL_UNIT]), string_length(values[SIGNAL_UNIT])):
+                    skipped += 1
+                    continue
                 unit = _string_of(values[SIGNAL_UNIT])
-            rows.append(("can_bus", _sensor_key("can_", field.key, field.key_length), text, unit))
+            key = _sensor_key("can_", field.key, field.key_length)
+            if PyUnicode_GET_LENGTH(key) > _MAX_DATA_KEY_LENGTH:
+                skipped += 1
+                continue
+            rows.append(("can_bus", key, text, unit))
         return skipped
 
     cdef Py_ssize_t _analog_rows(self, DomObject sensors, list rows) except -1:
@@ -837,8 +862,11 @@ cdef class Validator:
             if text is None or not _sensor_name_ok(field.key, field.key_length):
                 skipped += 1
                 continue
-            rows.append((
-                "analog_sensor", _sensor_key("analog_", field.key, field.key_length), text, None))
+            key = _sensor_key("analog_", field.key, field.key_length)
+            if PyUnicode_GET_LENGTH(key) > _MAX_DATA_KEY_LENGTH:
+                skipped += 1
+                continue
+            rows.append(("analog_sensor", key, text, None))
         return skipped
 
     cdef Py_ssize_t _relay_state_rows(self, uint64_t present, Element *top, list rows) except -1:
@@ -902,4 +930,4 @@ cdef tuple _uuid_problem(int kind_code, object topic_uuid, uint64_t present, Ele
     return None
 
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "MAX_DEPTH", "Message", "Reject", "Validator"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "MAX_DATA_KEY_LENGTH", "MAX_DEPTH", "MAX_UNIT_LENGTH", "Message", "Reject", "Validator"]

@@ -23,6 +23,12 @@ DEFAULT_MAX_PAYLOAD_BYTES = 65536
 MAX_DEPTH = 32
 #: Longest sensor name turned into a row; longer names are counted as skipped.
 MAX_SENSOR_NAME_LENGTH = 64
+#: Longest ``data_key`` (``telemetry_data.data_key`` is VARCHAR(100)); lower-casing
+#: can lengthen a name ("İ" becomes two code points), so the key itself is checked.
+MAX_DATA_KEY_LENGTH = 100
+#: Longest unit (``telemetry_data.unit`` is VARCHAR(20)); a signal with a longer
+#: unit or a control character in it is counted as skipped, never truncated.
+MAX_UNIT_LENGTH = 20
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f]")
 #: Longest uuid accepted from a payload (the firmware allows 8-64 characters).
 MAX_UUID_LENGTH = 64
@@ -273,6 +279,11 @@ def _sensor_name_ok(name: str) -> bool:
     return 0 < len(name) <= MAX_SENSOR_NAME_LENGTH and _CONTROL_CHARACTER.search(name) is None
 
 
+def _unit_ok(unit: str) -> bool:
+    """Accept units of at most 20 characters without ASCII controls (PostgreSQL refuses NUL)."""
+    return len(unit) <= MAX_UNIT_LENGTH and _CONTROL_CHARACTER.search(unit) is None
+
+
 def _check_uuid(kind: str, topic_uuid: str, payload: dict[str, Any]) -> str:
     """Apply the uuid rule and return the message uuid."""
     uuid = payload.get("uuid", _MISSING)
@@ -357,7 +368,16 @@ def _can_rows(can_data: Any, rows: list[Row]) -> int:
             skipped += 1
             continue
         unit = signal.get("unit")
-        rows.append(("can_bus", "can_" + name.lower(), text, unit if type(unit) is str else None))
+        key = "can_" + name.lower()
+        if type(unit) is not str:
+            unit = None
+        elif not _unit_ok(unit):
+            skipped += 1
+            continue
+        if len(key) > MAX_DATA_KEY_LENGTH:
+            skipped += 1
+            continue
+        rows.append(("can_bus", key, text, unit))
     return skipped
 
 
@@ -371,7 +391,11 @@ def _analog_rows(sensors: Any, rows: list[Row]) -> int:
         if text is None or not _sensor_name_ok(name):
             skipped += 1
             continue
-        rows.append(("analog_sensor", "analog_" + name.lower(), text, None))
+        key = "analog_" + name.lower()
+        if len(key) > MAX_DATA_KEY_LENGTH:
+            skipped += 1
+            continue
+        rows.append(("analog_sensor", key, text, None))
     return skipped
 
 
@@ -516,4 +540,4 @@ class Validator:
         )
 
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "MAX_DEPTH", "Message", "Reject", "Validator"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "MAX_DATA_KEY_LENGTH", "MAX_DEPTH", "MAX_UNIT_LENGTH", "Message", "Reject", "Validator"]
