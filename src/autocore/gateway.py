@@ -32,6 +32,7 @@ from autocore.reports import ErrorReporter
 from autocore.ringbuffer import Ring
 from autocore.schema import COMMANDS_CHANNEL, ensure_schema, local_now
 from autocore.storage import RELIABLE_CAPACITY, Database, open_engine, prune_message_keys, short_error
+from autocore.storage.telemetry import PRUNE_BATCH_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 TICK_S = 1.0
 #: How often idempotency keys past their retention are pruned.
 PRUNE_INTERVAL_S = 3600.0
+#: Pause between two prune batches, s: the writer commits telemetry meanwhile.
+PRUNE_PAUSE_S = 0.05
 #: Longest wait for the broker to acknowledge the offline status at shutdown.
 OFFLINE_ACK_TIMEOUT_S = 3.0
 #: Buffer losses are summed up in one log line this often, s.
@@ -71,6 +74,7 @@ class Gateway:
         self._next_loss_report = 0.0
         self._reported_losses = (0, 0)  # (ring evictions, refusals) already logged
         self.exit_code = 0
+        self._prune: asyncio.Future[None] | None = None
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -103,6 +107,8 @@ class Gateway:
         tick = loop.create_task(self._housekeeping(), name="autocore-housekeeping")
         await self.stop_requested.wait()
         tick.cancel()
+        if self._prune is not None:
+            self._prune.cancel()
         await self._shutdown()
         return self.exit_code
 
@@ -240,8 +246,7 @@ class Gateway:
             now = time.monotonic()
             if now >= next_prune:
                 next_prune = now + PRUNE_INTERVAL_S
-                self.db.post(prune_message_keys,
-                             local_now() - timedelta(seconds=self.settings.dedup_retention_s))
+                self._spawn_prune(local_now() - timedelta(seconds=self.settings.dedup_retention_s))
             if now >= self._next_heartbeat:
                 self._next_heartbeat = now + self.settings.heartbeat_interval_s
                 self.registry.sweep()
@@ -253,6 +258,19 @@ class Gateway:
                 self._next_loss_report = now + LOSS_REPORT_S
                 self._report_buffer_losses()
             await asyncio.sleep(min(TICK_S, self.settings.heartbeat_interval_s))
+
+    def _spawn_prune(self, older_than: Any) -> None:
+        if self._prune is None or self._prune.done():
+            self._prune = asyncio.ensure_future(self._prune_keys(older_than))
+
+    async def _prune_keys(self, older_than: Any) -> None:
+        """Delete expired idempotency keys batch by batch, telemetry commits in between."""
+        assert self.db is not None
+        try:
+            while await self.db.call(prune_message_keys, older_than) >= PRUNE_BATCH_ROWS:
+                await asyncio.sleep(PRUNE_PAUSE_S)
+        except (SQLAlchemyError, StorageError) as exc:
+            log.warning("pruning idempotency keys failed (next try in %gs): %s", PRUNE_INTERVAL_S, short_error(exc))
 
     def _report_buffer_losses(self) -> None:
         """One warning per LOSS_REPORT_S while full buffers drop or refuse telemetry (never silent)."""

@@ -20,6 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError
 
+from autocore.ratelimit import RateLimiter
 from autocore.schema import devices, gateway_message_keys, telemetry_data
 from autocore.storage.engine import short_error
 
@@ -27,6 +28,12 @@ from autocore.storage.engine import short_error
 UNKNOWN_DEVICE_TTL_S = 30.0
 #: Device ids remembered by the writer (uuid -> devices.id).
 DEVICE_ID_CACHE_SIZE = 4096
+#: Idempotency keys deleted per transaction when they expire.
+PRUNE_BATCH_ROWS = 2000
+#: Look-ups of unknown device uuids per second (and burst) on the writer thread:
+#: a flood of made-up uuids must not turn into a SELECT per message.
+UNKNOWN_LOOKUPS_PER_S = 50.0
+UNKNOWN_LOOKUP_BURST = 200
 #: DB-API error classes that blame the rows, not the database (PEP 249 names, so
 #: sqlite3's and psycopg's alike), and Python errors raised while a row is encoded.
 _ROW_ERROR_NAMES = frozenset({"DataError", "IntegrityError", "InterfaceError"})
@@ -128,9 +135,15 @@ def _key_insert(engine: Engine) -> tuple[str, str]:
     return insert_sql, f"SELECT 1 FROM {table} WHERE message_key = {marker}"
 
 
-def prune_message_keys(conn: Connection, older_than: datetime) -> None:
-    """Forget idempotency keys past their retention (DB-thread job)."""
-    conn.execute(delete(gateway_message_keys).where(gateway_message_keys.c.received_at < older_than))
+def prune_message_keys(conn: Connection, older_than: datetime, limit: int = PRUNE_BATCH_ROWS) -> int:
+    """Forget up to ``limit`` idempotency keys past their retention; return how many (DB-thread job).
+
+    Small batches keep each transaction short: the caller repeats while a batch
+    comes back full, and telemetry commits run in between.
+    """
+    keys = gateway_message_keys.c
+    oldest = select(keys.message_key).where(keys.received_at < older_than).order_by(keys.received_at).limit(limit)
+    return int(conn.execute(delete(gateway_message_keys).where(keys.message_key.in_(oldest))).rowcount or 0)
 
 
 class TelemetryWriter:
@@ -142,6 +155,7 @@ class TelemetryWriter:
         self._postgres = engine.dialect.name == "postgresql"
         self._device_ids: OrderedDict[str, int] = OrderedDict()
         self._unknown: dict[str, float] = {}
+        self._lookups = RateLimiter(UNKNOWN_LOOKUPS_PER_S, UNKNOWN_LOOKUP_BURST)
 
     def write(self, transaction: Callable[[], ContextManager[Connection]],
               items: list[TelemetryItem]) -> BatchResult:
@@ -235,7 +249,7 @@ class TelemetryWriter:
             self._device_ids.move_to_end(uuid)
             return cached
         now = time.monotonic()
-        if self._unknown.get(uuid, 0.0) > now:
+        if self._unknown.get(uuid, 0.0) > now or not self._lookups.allow(""):
             return None
         found = conn.execute(
             select(devices.c.id).where(devices.c.uuid == uuid, devices.c.is_active.is_not(False))
