@@ -312,13 +312,12 @@ class Database:
     def _sleep(self, pending_rows: int, oldest: float, last_commit: float, now: float, next_poll: float) -> None:
         """Wait for the next reason to act: the write interval, the oldest row's age, a push, a poll."""
         policy = self.policy
+        spacing_ends = last_commit + policy.write_interval_s
         if pending_rows >= policy.batch_rows or self._queued():
             # Rows enough, or rows left in the rings: only the write interval holds them back.
-            deadline, wake_on_push = last_commit + policy.write_interval_s, False
-            if pending_rows:
-                deadline = min(deadline, oldest + policy.flush_interval_s)
+            deadline, wake_on_push = spacing_ends, False
         elif pending_rows:  # below the batch size: the next push or the age limit decides
-            deadline, wake_on_push = oldest + policy.flush_interval_s, True
+            deadline, wake_on_push = max(spacing_ends, oldest + policy.flush_interval_s), True
         else:
             deadline, wake_on_push = now + IDLE_WAIT_S, True
         self._wake_on_push = wake_on_push
