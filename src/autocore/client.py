@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -55,6 +56,35 @@ RECV_CHUNK_BYTES = 64 * 1024
 PublishHandler = Callable[[str | bytes, bytes, bool, int, int, bool], None]
 
 _PUBLISH = 0x30
+
+#: paho-mqtt releases this module was tested with (pyproject.toml pins the same
+#: range): it reads and writes paho internals that other releases lay out
+#: differently (``_last_bytes_received`` appeared in 2.2).
+PAHO_TESTED = ((2, 2), (2, 3))
+#: paho internals the receive buffer, the plain-PUBLISH decoder and ``withdraw`` use.
+PAHO_INTERNALS = ("_in_packet", "_msgtime_mutex", "_last_bytes_received", "_protocol", "_sock",
+                  "_out_messages", "_out_message_mutex", "_inflight_messages")
+
+
+def paho_version() -> tuple[int, ...]:
+    """The installed paho-mqtt version as numbers (``2.2.0`` -> ``(2, 2, 0)``)."""
+    parts = []
+    for part in paho.mqtt.__version__.split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def paho_untested() -> str | None:
+    """Why the installed paho-mqtt is not one this module was tested with, or None."""
+    version = paho_version()
+    low, high = PAHO_TESTED
+    if not low <= version[:2] < high:
+        return (f"paho-mqtt {paho.mqtt.__version__} is installed; autocore is tested with "
+                f"{low[0]}.{low[1]}.x (pyproject.toml pins paho-mqtt>={low[0]}.{low[1]},<{high[0]}.{high[1]})")
+    return None
 
 
 def _no_delay(sock: Any) -> None:
@@ -249,7 +279,15 @@ class MqttClient:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        self.client.plain_publish = on_message
+        # The plain-PUBLISH decoder and withdraw() use paho internals; on a paho
+        # release that lacks one, paho's own code does everything (slower, correct).
+        self._paho_missing = [name for name in PAHO_INTERNALS if not hasattr(self.client, name)]
+        untested = paho_untested()
+        if untested or self._paho_missing:
+            log.warning("%s%s", untested or f"paho-mqtt {paho.mqtt.__version__}",
+                        f"; lacks {', '.join(self._paho_missing)}: using paho's own receive path"
+                        if self._paho_missing else "")
+        self.client.plain_publish = None if self._paho_missing else on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_socket_open = self._on_socket_open
         self.client.on_socket_close = self._on_socket_close
