@@ -331,7 +331,19 @@ class Pipeline:
             self.registry.seen(device, touch=not retained)
 
     def _on_announce(self, message: Message, delivery: Delivery) -> bool:
+        if self._is_gateway(message.uuid):
+            # This gateway's row (or a peer's) is not a device: an announce must not
+            # rewrite its type and firmware, nor put it in the device cache.
+            self._refuse("gateway_uuid", message.uuid, delivery.topic, "an announce on a gateway's uuid")
+            return False
         return self._acked_when_stored(delivery, self.registry.announce(message.uuid, message.data or {}))
+
+    def _refuse(self, reason: str, uuid: str, topic_name: str, what: str) -> None:
+        """A valid message that must not take effect: counted per device and reason, logged (throttled)."""
+        self.metrics.reject(reason, uuid)
+        if self._may_log(uuid, reason):
+            log.warning("device=%s topic=%s ignored: %s (%s)%s", uuid or "-", topic_name, what, reason,
+                        self._suppressed_note())
 
     def _on_discovery(self, message: Message, delivery: Delivery) -> None:
         device_uuid = (message.data or {}).get("device_uuid")
