@@ -172,7 +172,7 @@ def test_metrics_and_status_follow_the_traffic(env) -> None:  # type: ignore[no-
     assert status == 200 and json.loads(health)["status"] == "ok"
     status, ready = readyz(port)
     assert status == 200 and ready["ready"] is True
-    assert set(ready["checks"]) == {"broker", "subscriptions", "database", "buffer"}
+    assert set(ready["checks"]) == {"broker", "subscriptions", "database", "buffer", "storage"}
 
     device = env.peer()
     for _ in range(5):

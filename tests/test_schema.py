@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, event
 
-from autocore.schema import OWN_TABLES, SHARED_TABLES, ensure_schema
+from autocore.schema import OWN_TABLES, ROLLUP_TABLES, SHARED_TABLES, ensure_schema
 
 
 def schema_of(path: Path) -> dict[str, str]:
@@ -27,20 +27,20 @@ def test_installed_schema_is_never_altered(installed_db: Path) -> None:
         if statement.lstrip().upper().startswith(("CREATE", "ALTER", "DROP")):
             ddl.append(statement)
 
-    assert ensure_schema(engine) == list(OWN_TABLES)
+    assert ensure_schema(engine) == [*OWN_TABLES, *ROLLUP_TABLES]
     assert ensure_schema(engine) == []  # idempotent
     engine.dispose()
     after = schema_of(installed_db)
     for name, sql in before.items():
         assert after[name] == sql, f"{name} changed"
-    touched = [s for s in ddl if not any(own in s for own in OWN_TABLES)]
+    touched = [s for s in ddl if not any(own in s for own in (*OWN_TABLES, *ROLLUP_TABLES))]
     assert touched == [], touched
 
 
 def test_fresh_database_gets_every_gateway_table(tmp_path: Path) -> None:
     path = tmp_path / "fresh.db"
     engine = create_engine(f"sqlite:///{path}")
-    assert sorted(ensure_schema(engine)) == sorted((*SHARED_TABLES, *OWN_TABLES))
+    assert sorted(ensure_schema(engine)) == sorted((*SHARED_TABLES, *OWN_TABLES, *ROLLUP_TABLES))
     engine.dispose()
     created = schema_of(path)
     for index in ("idx_devices_uuid", "idx_telemetry_timestamp", "idx_events_timestamp"):

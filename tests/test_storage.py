@@ -129,30 +129,3 @@ def test_own_commits_do_not_run_the_pollers_but_another_process_commit_does(data
     # Well before the fallback poll (storage.changes.WATCHED_POLL_S, 10 s).
     wait_for(lambda: len(runs) > settled, timeout_s=5.0, what="a poll after another process committed")
 
-
-def test_expired_idempotency_keys_go_in_small_batches(installed_db: Path) -> None:
-    """One unbounded DELETE held the write lock for the whole prune; batches keep it short."""
-    from datetime import timedelta
-
-    from autocore.storage.telemetry import prune_message_keys
-
-    engine = open_engine(Settings.from_env({"DATABASE_PATH": str(installed_db)}, env_file=None))
-    ensure_schema(engine)
-    now = datetime.now()
-    old = now - timedelta(days=2)
-    with sqlite3.connect(installed_db) as conn:
-        conn.executemany("INSERT INTO gateway_message_keys (message_key, received_at) VALUES (?, ?)",
-                         [(f"old-{n}", (old + timedelta(seconds=n)).isoformat(" ")) for n in range(4500)]
-                         + [(f"new-{n}", now.isoformat(" ")) for n in range(10)])
-    counts = []
-    with engine.connect() as conn:
-        while True:
-            with conn.begin():
-                counts.append(prune_message_keys(conn, now - timedelta(days=1), limit=2000))
-            if counts[-1] < 2000:
-                break
-    assert counts == [2000, 2000, 500]
-    with sqlite3.connect(installed_db) as conn:
-        left = {key for (key,) in conn.execute("SELECT message_key FROM gateway_message_keys")}
-    assert left == {f"new-{n}" for n in range(10)}
-    engine.dispose()

@@ -120,6 +120,15 @@ def _choice(*options: str) -> tuple[Callable[[str], str], str]:
     return parse, "one of " + ", ".join(options)
 
 
+def _size_mb() -> tuple[Callable[[str], float | None], str]:
+    number, _ = _number(0)
+
+    def parse(text: str) -> float | None:
+        return None if text.strip().lower() == "auto" else number(text)
+
+    return parse, "a number of MB > 0, or auto"
+
+
 def _optional_file() -> tuple[Callable[[str], str | None], str]:
     def parse(text: str) -> str | None:
         value = text.strip()
@@ -197,6 +206,18 @@ KEYS: tuple[Key, ...] = (
         "how long the broker keeps the gateway's session (and queues QoS 1 messages) while it is away, s"),
     Key("AUTOCORE_DEDUP_RETENTION", "dedup_retention_s", "86400", _number(0),
         "how long idempotency keys of stored QoS 1 messages are kept, s"),
+    Key("AUTOCORE_TELEMETRY_RETENTION", "telemetry_retention_s", "604800", _number(0, lo_inclusive=True),
+        "raw telemetry older than this is rolled up into telemetry_hourly and deleted, s (0: forever)"),
+    Key("AUTOCORE_ROLLUP_RETENTION", "rollup_retention_s", "31536000", _number(0, lo_inclusive=True),
+        "hourly roll-ups older than this are deleted, s (0: forever)"),
+    Key("AUTOCORE_EVENT_RETENTION", "event_retention_s", "2592000", _number(0, lo_inclusive=True),
+        "event_logs rows older than this are deleted, but error, warning, security and critical ones, s (0: forever)"),
+    Key("AUTOCORE_COMMAND_RETENTION", "command_retention_s", "2592000", _number(0, lo_inclusive=True),
+        "finished gateway_commands rows older than this are deleted, s (0: forever)"),
+    Key("AUTOCORE_DB_MAX_MB", "db_max_mb", "auto", _size_mb(),
+        "largest the database may grow, MB (auto: a quarter of its file system)"),
+    Key("AUTOCORE_DISK_MIN_FREE_MB", "disk_min_free_mb", "256", _number(0, lo_inclusive=True),
+        "free space always left on the database's file system, MB"),
     Key("MQTT_TLS_CA_FILE", "tls_ca_file", None, _optional_file(), "CA bundle: enables TLS"),
     Key("MQTT_TLS_CERT_FILE", "tls_cert_file", None, _optional_file(), "client certificate (PEM)"),
     Key("MQTT_TLS_KEY_FILE", "tls_key_file", None, _optional_file(), "client private key (PEM)"),
@@ -247,6 +268,12 @@ class Settings:
     command_poll_interval_s: float
     session_expiry_s: int
     dedup_retention_s: float
+    telemetry_retention_s: float
+    rollup_retention_s: float
+    event_retention_s: float
+    command_retention_s: float
+    db_max_mb: float | None  # None: a quarter of the database's file system
+    disk_min_free_mb: float
     tls_ca_file: str | None
     tls_cert_file: str | None
     tls_key_file: str | None

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from autocore.outbox import Outbox
     from autocore.registry import Registry
     from autocore.storage import Database
+    from autocore.storage.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,10 @@ class GatewayCollector(Collector):
 
     def __init__(self, metrics: Metrics, db: Database | None = None,
                  client: MqttClient | None = None, registry: Registry | None = None,
-                 outbox: Outbox | None = None, uptime: Callable[[], float] | None = None) -> None:
+                 outbox: Outbox | None = None, uptime: Callable[[], float] | None = None,
+                 retention: Retention | None = None) -> None:
         self.metrics = metrics
+        self.retention = retention
         self.db = db
         self.client = client
         self.registry = registry
@@ -172,6 +175,8 @@ class GatewayCollector(Collector):
             snap["db"] = {attr: getattr(db, attr) for attr, _, _ in DB_COUNTERS}
             if db.last_commit_monotonic:
                 snap["last_commit_age_s"] = time.monotonic() - db.last_commit_monotonic
+        if self.retention is not None:
+            snap["retention"] = self.retention.snapshot()
         if self.outbox is not None:
             snap["commands"] = dict(self.outbox.outcomes)
         if self.client is not None:
@@ -208,6 +213,8 @@ class GatewayCollector(Collector):
             yield GaugeMetricFamily("autocore_db_last_commit_age_seconds",
                                     "Time since the last telemetry commit, s.",
                                     value=snap["last_commit_age_s"])
+        if "retention" in snap:
+            yield from _retention_families(snap["retention"])
         if "commands" in snap:
             yield _family(CounterMetricFamily, "autocore_commands",
                           "Commands finished, by final state (acked, failed, timeout, expired).",
@@ -246,6 +253,29 @@ class GatewayCollector(Collector):
         yield hot_path
 
 
+def _retention_families(retention: dict[str, Any]) -> Iterator[Metric]:
+    """Rows retention removed, database size against its cap and disk, and whether the cap binds."""
+    yield _family(CounterMetricFamily, "autocore_retention_rows_removed",
+                  "Rows deleted by retention, by table; telemetry_trimmed: raw telemetry deleted inside its "
+                  "retention for the size cap or the free-space floor (rolled up first).",
+                  ["table"], retention["removed"])
+    yield CounterMetricFamily("autocore_retention_rows_rolled_up",
+                              "Raw telemetry rows averaged into telemetry_hourly before deletion.",
+                              value=retention["rolled_up"])
+    yield GaugeMetricFamily("autocore_db_size_limited", "1 while the size cap or the free-space floor "
+                            "makes retention delete telemetry inside its retention.",
+                            value=int(retention["trimming"] is not None))
+    usage = retention["usage"]
+    if usage is None:
+        return
+    for key, doc in (("used", "Bytes of database pages holding data."),
+                     ("file", "Bytes of the database file and its WAL."),
+                     ("cap", "The database's size cap, bytes (AUTOCORE_DB_MAX_MB)."),
+                     ("disk_free", "Free bytes on the database's file system.")):
+        if usage[key] is not None:
+            yield GaugeMetricFamily(f"autocore_db_{key}_bytes", doc, value=usage[key])
+
+
 class _Families(Collector):
     """Families already built, as a collector of a one-scrape registry."""
 
@@ -276,6 +306,21 @@ def _check(ok: bool, detail: str) -> dict[str, Any]:
     return {"ok": ok, "detail": detail}
 
 
+def _storage_check(retention: Retention) -> dict[str, Any]:
+    """Size against the cap; a binding cap is reported, but storing goes on (oldest rows make room)."""
+    usage = retention.usage
+    if usage is None:
+        return _check(True, "not measured yet")
+    cap = f"{usage.used / 2**20:,.0f} MB used of a {usage.cap / 2**20:,.0f} MB cap" if usage.cap else \
+        f"{usage.used / 2**20:,.0f} MB used, no cap"
+    if usage.disk_free is not None:
+        cap += f", {usage.disk_free / 2**20:,.0f} MB free on its file system"
+    if retention.trimming is not None:
+        return _check(True, f"{cap}; size limit reached ({retention.trimming}): the oldest raw telemetry "
+                            "is rolled up and deleted inside its retention")
+    return _check(True, cap)
+
+
 # -- HTTP ------------------------------------------------------------------------------------
 
 
@@ -287,7 +332,8 @@ class Exporter:
         self.host = gateway.settings.metrics_host
         self.port = gateway.settings.metrics_port
         self.collector = GatewayCollector(gateway.metrics, gateway.db, gateway.client,
-                                          gateway.registry, gateway.outbox, gateway.uptime)
+                                          gateway.registry, gateway.outbox, gateway.uptime,
+                                          gateway.retention)
         self.process = ProcessCollector(registry=None)
         self._server: asyncio.AbstractServer | None = None
         self._connections = 0
@@ -379,6 +425,8 @@ class Exporter:
             full = full or stats["depth"] >= READY_BUFFER_FRACTION * stats["capacity"]
         limit = f"limit {READY_BUFFER_FRACTION:.0%}"
         checks["buffer"] = _check(not full, f"{', '.join(fills)} ({limit})")
+        if gateway.retention is not None:
+            checks["storage"] = _storage_check(gateway.retention)
         return all(check["ok"] for check in checks.values()), checks
 
     async def _database_check(self) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import signal
 import time
-from datetime import timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,18 +29,19 @@ from autocore.pipeline import Pipeline
 from autocore.registry import Registry, mark_gateway_offline, register_gateway
 from autocore.reports import ErrorReporter
 from autocore.ringbuffer import Ring
-from autocore.schema import COMMANDS_CHANNEL, ensure_schema, local_now
-from autocore.storage import RELIABLE_CAPACITY, Database, open_engine, prune_message_keys, short_error
-from autocore.storage.telemetry import PRUNE_BATCH_ROWS
+from autocore.schema import COMMANDS_CHANNEL, ensure_schema
+from autocore.storage import RELIABLE_CAPACITY, Database, open_engine, short_error
+from autocore.storage.retention import Retention, RetentionSettings
 
 log = logging.getLogger(__name__)
 
 #: Period of the housekeeping tick (last_seen flush, heartbeat due check).
 TICK_S = 1.0
-#: How often idempotency keys past their retention are pruned.
-PRUNE_INTERVAL_S = 3600.0
-#: Pause between two prune batches, s: the writer commits telemetry meanwhile.
-PRUNE_PAUSE_S = 0.05
+#: How often retention looks for expired rows and checks the size cap, s: a row
+#: is gone within this (plus the batches before it) of expiring.
+RETENTION_CHECK_S = 10.0
+#: Pause between two retention batches, s: telemetry commits run meanwhile.
+RETENTION_PAUSE_S = 0.02
 #: Longest wait for the broker to acknowledge the offline status at shutdown.
 OFFLINE_ACK_TIMEOUT_S = 3.0
 #: Buffer losses are summed up in one log line this often, s.
@@ -74,7 +74,8 @@ class Gateway:
         self._next_loss_report = 0.0
         self._reported_losses = (0, 0)  # (ring evictions, refusals) already logged
         self.exit_code = 0
-        self._prune: asyncio.Future[None] | None = None
+        self.retention: Retention | None = None
+        self._retaining: asyncio.Future[None] | None = None
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -107,8 +108,8 @@ class Gateway:
         tick = loop.create_task(self._housekeeping(), name="autocore-housekeeping")
         await self.stop_requested.wait()
         tick.cancel()
-        if self._prune is not None:
-            self._prune.cancel()
+        if self._retaining is not None:
+            self._retaining.cancel()
         await self._shutdown()
         return self.exit_code
 
@@ -142,6 +143,7 @@ class Gateway:
                            settings.telemetry_flush_interval_s, reliable, settings.write_interval_s,
                            ack_window=settings.max_concurrent_messages)
         self.db.on_failure = lambda exc: loop.call_soon_threadsafe(self._database_failed, exc)
+        self.retention = Retention(engine, RetentionSettings.from_settings(settings))
         self.db.start(notify_channel=COMMANDS_CHANNEL)
         await self.db.call(register_gateway, settings.gateway_uuid, __version__)
         self.db.post(write_event, "system", "gateway", "startup", {"timestamp": utc_timestamp()})
@@ -241,12 +243,13 @@ class Gateway:
     async def _housekeeping(self) -> None:
         assert self.registry is not None and self.client is not None and self.db is not None
         self._next_heartbeat = 0.0
-        next_prune = time.monotonic()
+        next_retention = time.monotonic()
         while True:
             now = time.monotonic()
-            if now >= next_prune:
-                next_prune = now + PRUNE_INTERVAL_S
-                self._spawn_prune(local_now() - timedelta(seconds=self.settings.dedup_retention_s))
+            if now >= next_retention:
+                next_retention = now + RETENTION_CHECK_S
+                if self._retaining is None or self._retaining.done():
+                    self._retaining = asyncio.ensure_future(self._retain())
             if now >= self._next_heartbeat:
                 self._next_heartbeat = now + self.settings.heartbeat_interval_s
                 self.registry.sweep()
@@ -259,18 +262,14 @@ class Gateway:
                 self._report_buffer_losses()
             await asyncio.sleep(min(TICK_S, self.settings.heartbeat_interval_s))
 
-    def _spawn_prune(self, older_than: Any) -> None:
-        if self._prune is None or self._prune.done():
-            self._prune = asyncio.ensure_future(self._prune_keys(older_than))
-
-    async def _prune_keys(self, older_than: Any) -> None:
-        """Delete expired idempotency keys batch by batch, telemetry commits in between."""
-        assert self.db is not None
+    async def _retain(self) -> None:
+        """Remove what expired (and trim for the size cap) batch by batch, telemetry commits in between."""
+        assert self.db is not None and self.retention is not None
         try:
-            while await self.db.call(prune_message_keys, older_than) >= PRUNE_BATCH_ROWS:
-                await asyncio.sleep(PRUNE_PAUSE_S)
+            while await self.db.call(self.retention.step):
+                await asyncio.sleep(RETENTION_PAUSE_S)
         except (SQLAlchemyError, StorageError) as exc:
-            log.warning("pruning idempotency keys failed (next try in %gs): %s", PRUNE_INTERVAL_S, short_error(exc))
+            log.warning("retention failed (next try in %gs): %s", RETENTION_CHECK_S, short_error(exc))
 
     def _report_buffer_losses(self) -> None:
         """One warning per LOSS_REPORT_S while full buffers drop or refuse telemetry (never silent)."""

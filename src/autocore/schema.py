@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import (
-    Boolean, Column, DateTime, ForeignKey, Index, Integer, MetaData, String, Table, Text,
+    Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text,
     UniqueConstraint, inspect,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -164,10 +164,31 @@ gateway_message_keys = Table(
     Index("idx_gateway_message_keys_received", "received_at"),
 )
 
+# Hourly roll-ups of raw telemetry, the table of the original maintenance script:
+# raw rows past their retention are averaged into it before they are deleted.
+telemetry_hourly = Table(
+    "telemetry_hourly", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("device_id", Integer, ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    Column("data_type", String(50), nullable=False),
+    Column("data_key", String(100), nullable=False),
+    Column("hour_timestamp", DateTime, nullable=False),  # naive local start of the hour
+    Column("avg_value", Float),
+    Column("min_value", Float),
+    Column("max_value", Float),
+    Column("count", Integer, nullable=False),
+    Column("unit", String(20)),
+    UniqueConstraint("device_id", "data_type", "data_key", "hour_timestamp",
+                     name="uq_telemetry_hourly_series_hour"),
+    Index("idx_telemetry_hourly_hour", "hour_timestamp"),
+)
+
 #: Tables of the shared schema the gateway reads or writes (it may create them when absent).
 SHARED_TABLES = ("devices", "telemetry_data", "event_logs", "relay_boards", "relay_channels")
 #: Tables that belong to autocore alone.
 OWN_TABLES = ("gateway_commands", "gateway_message_keys")
+#: The original maintenance script's roll-up table, created where absent.
+ROLLUP_TABLES = ("telemetry_hourly",)
 
 
 def local_now() -> datetime:
@@ -178,7 +199,7 @@ def local_now() -> datetime:
 def missing_tables(bind: Engine | Connection) -> list[str]:
     """Names of the gateway's tables that the database does not have yet."""
     present = set(inspect(bind).get_table_names())
-    return [name for name in (*SHARED_TABLES, *OWN_TABLES) if name not in present]
+    return [name for name in (*SHARED_TABLES, *OWN_TABLES, *ROLLUP_TABLES) if name not in present]
 
 
 def ensure_schema(engine: Engine) -> list[str]:

@@ -7,6 +7,8 @@
 - :mod:`~autocore.storage.database`: the database thread, its jobs and telemetry batches.
 - :mod:`~autocore.storage.telemetry`: rows into ``telemetry_data``, idempotency keys,
   and isolation of messages the database refuses.
+- :mod:`~autocore.storage.retention`: retention, hourly roll-ups and the size cap, in small
+  batches.
 - :mod:`~autocore.storage.changes`, ``filewatch``, ``pglisten``: noticing what other
   processes (the Config App) write, without polling.
 """
@@ -14,9 +16,10 @@
 from autocore.storage.database import RELIABLE_CAPACITY, Database
 from autocore.storage.engine import database_url, is_postgres, open_engine, short_error
 from autocore.storage.policy import WRITE_INTERVAL_S, CommitPolicy
-from autocore.storage.telemetry import TelemetryItem, prune_message_keys
+from autocore.storage.retention import Retention, RetentionSettings
+from autocore.storage.telemetry import TelemetryItem
 
 __all__ = [
     "RELIABLE_CAPACITY", "WRITE_INTERVAL_S", "CommitPolicy", "Database", "TelemetryItem",
-    "database_url", "is_postgres", "open_engine", "prune_message_keys", "short_error",
+    "Retention", "RetentionSettings", "database_url", "is_postgres", "open_engine", "short_error",
 ]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ContextManager, NamedTuple
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError
 
@@ -28,8 +28,6 @@ from autocore.storage.engine import short_error
 UNKNOWN_DEVICE_TTL_S = 30.0
 #: Device ids remembered by the writer (uuid -> devices.id).
 DEVICE_ID_CACHE_SIZE = 4096
-#: Idempotency keys deleted per transaction when they expire.
-PRUNE_BATCH_ROWS = 2000
 #: Look-ups of unknown device uuids per second (and burst) on the writer thread:
 #: a flood of made-up uuids must not turn into a SELECT per message.
 UNKNOWN_LOOKUPS_PER_S = 50.0
@@ -133,17 +131,6 @@ def _key_insert(engine: Engine) -> tuple[str, str]:
     insert_sql = (f"INSERT INTO {table} (message_key, received_at) VALUES ({marker}, {marker}) "
                   "ON CONFLICT (message_key) DO NOTHING")
     return insert_sql, f"SELECT 1 FROM {table} WHERE message_key = {marker}"
-
-
-def prune_message_keys(conn: Connection, older_than: datetime, limit: int = PRUNE_BATCH_ROWS) -> int:
-    """Forget up to ``limit`` idempotency keys past their retention; return how many (DB-thread job).
-
-    Small batches keep each transaction short: the caller repeats while a batch
-    comes back full, and telemetry commits run in between.
-    """
-    keys = gateway_message_keys.c
-    oldest = select(keys.message_key).where(keys.received_at < older_than).order_by(keys.received_at).limit(limit)
-    return int(conn.execute(delete(gateway_message_keys).where(keys.message_key.in_(oldest))).rowcount or 0)
 
 
 class TelemetryWriter:

@@ -1,0 +1,311 @@
+"""Bounded storage: retention, hourly roll-ups and a size cap, in small batches.
+
+Nothing the gateway writes may grow without bound on a Pi's SD card. Each
+call of :meth:`Retention.step` does one small batch of the most urgent work and
+returns how many rows it removed; the gateway calls it as a database job again
+and again while there is work, so every batch holds the write lock briefly and
+telemetry commits (and the Config App) get the database in between.
+
+In order of urgency:
+
+1. **Size cap / free-space floor.** When the database's pages in use reach
+   ``TRIM_START`` of its cap, or the file system's free space falls below its
+   floor, the oldest raw telemetry is rolled up and deleted even inside its
+   retention, until use is back under ``TRIM_STOP``. Freed pages are reused by
+   later inserts, so the file stops growing.
+2. **Raw telemetry past its retention**, rolled up into ``telemetry_hourly``
+   first. In every committed state, ``sum(telemetry_hourly.count)`` plus the raw
+   rows left equals the readings ever stored.
+3. Roll-ups, ``event_logs`` (but errors, warnings, security and critical
+   events), finished ``gateway_commands`` and idempotency keys past theirs.
+
+Every cut-off is naive local time, the convention of the shared database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sqlalchemy import String, and_, case, delete, func, not_, select, type_coerce
+from sqlalchemy.engine import Connection, Engine
+
+from autocore.schema import (
+    event_logs, gateway_commands, gateway_message_keys, local_now, telemetry_data, telemetry_hourly,
+)
+
+log = logging.getLogger(__name__)
+
+#: Rows removed per transaction: short enough for a Pi Zero to hold the write lock
+#: a few tenths of a second at most.
+BATCH_ROWS = 2000
+#: Trimming for the size cap starts at this share of the cap and stops below the second.
+TRIM_START = 0.95
+TRIM_STOP = 0.90
+#: Share of the database's file system the cap defaults to (AUTOCORE_DB_MAX_MB=auto).
+AUTO_CAP_SHARE = 0.25
+#: Event types never deleted by retention (the original maintenance script's rule).
+KEPT_EVENT_TYPES = ("error", "warning", "security", "critical")
+#: Statuses of gateway_commands rows that are finished.
+FINISHED_COMMANDS = ("acked", "failed", "timeout", "expired")
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long each kind of row is kept, s (0: forever), and how large the database may grow."""
+
+    telemetry_s: float = 7 * 86400
+    rollup_s: float = 365 * 86400
+    event_s: float = 30 * 86400
+    command_s: float = 30 * 86400
+    dedup_s: float = 86400
+    max_bytes: int | None = None  # None: AUTO_CAP_SHARE of the file system (SQLite), no cap (PostgreSQL)
+    min_free_bytes: int = 256 * MB
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RetentionSettings:
+        return cls(settings.telemetry_retention_s, settings.rollup_retention_s, settings.event_retention_s,
+                   settings.command_retention_s, settings.dedup_retention_s,
+                   None if settings.db_max_mb is None else int(settings.db_max_mb * MB),
+                   int(settings.disk_min_free_mb * MB))
+
+
+class Usage(NamedTuple):
+    """How full the database is, in bytes; cap and free space are None where unknown."""
+
+    used: int  # pages holding data (SQLite: page_count - freelist_count), or the database's size
+    file: int  # the database file plus its WAL
+    cap: int | None
+    disk_free: int | None
+    disk_total: int | None
+
+    def trim_reason(self, min_free: int, trimming: bool) -> str | None:
+        """Why the oldest telemetry must go now (None: it need not)."""
+        share = TRIM_STOP if trimming else TRIM_START
+        if self.cap is not None and self.used >= self.cap * share:
+            return f"the database uses {self.used / MB:,.0f} MB of its {self.cap / MB:,.0f} MB cap"
+        if self.disk_free is not None and self.disk_free < min_free:
+            # Inserts that reuse freed pages do not grow the file: keep a tenth of it free.
+            if self.used >= self.file * (TRIM_STOP if trimming else TRIM_START):
+                return (f"{self.disk_free / MB:,.0f} MB free on its file system, "
+                        f"below the {min_free / MB:,.0f} MB floor")
+        return None
+
+
+class Retention:
+    """Removes what has expired, one batch per :meth:`step`; owned by the database thread."""
+
+    def __init__(self, engine: Engine, settings: RetentionSettings,
+                 clock: Callable[[], datetime] = local_now) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._postgres = engine.dialect.name == "postgresql"
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self._path = Path(database) if database and database != ":memory:" else None
+        self._upsert = _rollup_upsert(engine)
+        #: Why the size cap binds now, or None; read by /readyz and /metrics.
+        self.trimming: str | None = None
+        self.usage: Usage | None = None
+        # Counters (DB thread writes, anyone reads).
+        self.removed: dict[str, int] = {"telemetry": 0, "telemetry_trimmed": 0, "telemetry_hourly": 0,
+                                        "event_logs": 0, "gateway_commands": 0, "gateway_message_keys": 0}
+        self.rolled_up = 0
+
+    # -- one batch ------------------------------------------------------------------
+
+    def step(self, conn: Connection) -> int:
+        """Do the most urgent batch (in the caller's transaction); return the rows it removed."""
+        now = self._clock()
+        self.usage = self.measure(conn)
+        reason = self.usage.trim_reason(self.settings.min_free_bytes, self.trimming is not None)
+        if reason != self.trimming:
+            if reason is not None and self.trimming is None:
+                log.warning("%s: deleting the oldest raw telemetry (rolled up first), even inside its retention",
+                            reason)
+            elif reason is None:
+                log.info("the database is back under its size limits (%.0f MB in use)", self.usage.used / MB)
+            self.trimming = reason
+        if self.trimming is not None:
+            removed = self._roll_up_and_delete(conn, None)
+            if removed:
+                self.removed["telemetry_trimmed"] += removed
+                return removed
+        for name, work in (("telemetry", self._expire_telemetry), ("telemetry_hourly", self._expire_rollups),
+                           ("event_logs", self._expire_events), ("gateway_commands", self._expire_commands),
+                           ("gateway_message_keys", self._expire_keys)):
+            removed = work(conn, now)
+            if removed:
+                self.removed[name] += removed
+                return removed
+        return 0
+
+    def _expire_telemetry(self, conn: Connection, now: datetime) -> int:
+        if not self.settings.telemetry_s:
+            return 0
+        return self._roll_up_and_delete(conn, now - timedelta(seconds=self.settings.telemetry_s))
+
+    def _roll_up_and_delete(self, conn: Connection, before: datetime | None) -> int:
+        """Average the oldest raw rows (all older than ``before``, if given) into their hours, then delete them."""
+        t = telemetry_data.c
+        stamp = t.timestamp if self._postgres else type_coerce(t.timestamp, String).label("timestamp")
+        query = select(t.id, t.device_id, t.data_type, t.data_key, stamp, t.data_value, t.unit)
+        if before is not None:
+            query = query.where(t.timestamp < before)
+        rows = conn.execute(query.order_by(t.timestamp).limit(BATCH_ROWS)).all()
+        if not rows:
+            return 0
+        hours: dict[tuple[Any, ...], list[Any]] = {}
+        for row in rows:
+            key = (row.device_id, row.data_type, row.data_key, _hour(row.timestamp))
+            entry = hours.get(key)
+            if entry is None:  # [sum, numeric count, min, max, count, unit]
+                entry = hours[key] = [0.0, 0, None, None, 0, row.unit]
+            entry[4] += 1
+            value = _number(row.data_value)
+            if value is not None:
+                entry[0] += value
+                entry[1] += 1
+                entry[2] = value if entry[2] is None else min(entry[2], value)
+                entry[3] = value if entry[3] is None else max(entry[3], value)
+            if entry[5] is None:
+                entry[5] = row.unit
+        conn.execute(self._upsert, [
+            {"device_id": device, "data_type": data_type, "data_key": data_key, "hour_timestamp": hour,
+             "avg_value": total / numeric if numeric else None, "min_value": low, "max_value": high,
+             "count": count, "unit": unit}
+            for (device, data_type, data_key, hour), (total, numeric, low, high, count, unit) in hours.items()
+        ])
+        conn.execute(delete(telemetry_data).where(t.id.in_([row.id for row in rows])))
+        self.rolled_up += len(rows)
+        return len(rows)
+
+    def _expire_rollups(self, conn: Connection, now: datetime) -> int:
+        h = telemetry_hourly.c
+        return self._delete_oldest(conn, telemetry_hourly, h.id, h.hour_timestamp, self.settings.rollup_s, now)
+
+    def _expire_events(self, conn: Connection, now: datetime) -> int:
+        e = event_logs.c
+        return self._delete_oldest(conn, event_logs, e.id, e.timestamp, self.settings.event_s, now,
+                                   not_(e.event_type.in_(KEPT_EVENT_TYPES)))
+
+    def _expire_commands(self, conn: Connection, now: datetime) -> int:
+        c = gateway_commands.c
+        return self._delete_oldest(conn, gateway_commands, c.id, func.coalesce(c.completed_at, c.created_at),
+                                   self.settings.command_s, now, c.status.in_(FINISHED_COMMANDS))
+
+    def _expire_keys(self, conn: Connection, now: datetime) -> int:
+        k = gateway_message_keys.c
+        return self._delete_oldest(conn, gateway_message_keys, k.message_key, k.received_at,
+                                   self.settings.dedup_s, now)
+
+    @staticmethod
+    def _delete_oldest(conn: Connection, table: Any, key: Any, stamp: Any, keep_s: float, now: datetime,
+                       *conditions: Any) -> int:
+        if not keep_s:
+            return 0
+        expired = and_(stamp < now - timedelta(seconds=keep_s), *conditions)
+        keys = [row[0] for row in conn.execute(select(key).where(expired).order_by(stamp).limit(BATCH_ROWS))]
+        if keys:
+            conn.execute(delete(table).where(key.in_(keys)))
+        return len(keys)
+
+    # -- size -----------------------------------------------------------------------
+
+    def measure(self, conn: Connection) -> Usage:
+        """Pages in use, file size, cap and free space of the database's file system."""
+        if self._postgres:
+            used = int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar() or 0)
+            return Usage(used, used, self.settings.max_bytes, None, None)
+        page_size = int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 4096)
+        pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar() or 0)
+        free_pages = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar() or 0)
+        used = (pages - free_pages) * page_size
+        file_bytes = pages * page_size
+        disk_free = disk_total = None
+        if self._path is not None:
+            wal = self._path.with_name(self._path.name + "-wal")
+            try:
+                file_bytes += wal.stat().st_size
+            except OSError:
+                pass
+            try:
+                fs = os.statvfs(self._path.parent)
+                disk_free, disk_total = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
+            except OSError:
+                pass
+        cap = self.settings.max_bytes
+        if cap is None and disk_total is not None:
+            cap = int(disk_total * AUTO_CAP_SHARE)
+        return Usage(used, file_bytes, cap, disk_free, disk_total)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"removed": dict(self.removed), "rolled_up": self.rolled_up, "trimming": self.trimming,
+                "usage": self.usage._asdict() if self.usage else None, "checked": time.monotonic()}
+
+
+def _rollup_upsert(engine: Engine) -> Any:
+    """INSERT a roll-up, or merge it into the hour already there.
+
+    Counts add, min/max combine and the average is weighted by the counts (the
+    original's INSERT OR REPLACE overwrote an hour rolled up in two passes).
+    The weights count every row, numeric or not; the gateway writes only numbers.
+    """
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+        least, greatest = func.least, func.greatest
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+
+        def least(a: Any, b: Any) -> Any:  # SQLite's min(a, b) is NULL when either is
+            return func.min(func.coalesce(a, b), func.coalesce(b, a))
+
+        def greatest(a: Any, b: Any) -> Any:
+            return func.max(func.coalesce(a, b), func.coalesce(b, a))
+    statement = insert(telemetry_hourly)
+    old, new = telemetry_hourly.c, statement.excluded
+    average = case(
+        (old.avg_value.is_(None), new.avg_value),
+        (new.avg_value.is_(None), old.avg_value),
+        else_=(old.avg_value * old.count + new.avg_value * new.count) / (old.count + new.count),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[old.device_id, old.data_type, old.data_key, old.hour_timestamp],
+        set_={"avg_value": average,
+              "min_value": least(old.min_value, new.min_value),
+              "max_value": greatest(old.max_value, new.max_value),
+              "count": old.count + new.count,
+              "unit": func.coalesce(old.unit, new.unit)},
+    )
+
+
+def _hour(stamp: Any) -> datetime:
+    """The naive local start of the hour a raw row belongs to.
+
+    SQLite hands back the stored text: the gateway's own form, or whatever form
+    the Config App wrote; one that cannot be read lands in 1970's first hour
+    (still counted, never lost).
+    """
+    if isinstance(stamp, str):
+        try:
+            stamp = datetime.fromisoformat(stamp.strip())
+        except ValueError:
+            try:
+                stamp = datetime.strptime(stamp.strip()[:13], "%Y-%m-%d %H")
+            except ValueError:
+                stamp = datetime(1970, 1, 1)
+    return stamp.replace(minute=0, second=0, microsecond=0, tzinfo=None)
+
+
+def _number(text: Any) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if value == value and value not in (float("inf"), float("-inf")) else None
