@@ -39,6 +39,17 @@ have_postgres() {
 ensure_mosquitto() { have_mosquitto || apt_install mosquitto mosquitto-clients; }
 ensure_postgres() { have_postgres || apt_install postgresql; }
 ensure_openssl() { command -v openssl >/dev/null 2>&1 || apt_install openssl; }  # TLS test certificates
+# LazyFS for the power-cut tests, built once from ../shared into a cache (its script
+# apt-gets fuse3 and the build tools); without ../shared those tests skip and say why.
+ensure_lazyfs() {
+    export AUTOCORE_LAZYFS_DIR="${AUTOCORE_LAZYFS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/autocore/lazyfs}"
+    local script=../shared/tools/build-lazyfs.sh
+    if [ -f "$script" ]; then
+        bash "$script" "$AUTOCORE_LAZYFS_DIR" >/dev/null
+    else
+        log "$script not found: the power-cut tests will be skipped"
+    fi
+}
 
 # ensure_venv DIR BUILD: a virtual environment with autocore installed from this
 # tree and the test tools. BUILD is one of
@@ -95,6 +106,7 @@ case "$cmd" in
         ensure_mosquitto
         ensure_postgres
         ensure_openssl
+        ensure_lazyfs
         ensure_venv "$VENV" compiled
         ensure_venv "$VENV-pure" pure
         ensure_venv "$VENV-minimal" minimal
