@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid as uuidlib
 from collections import OrderedDict
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, not_, or_, select, update
+from sqlalchemy import String, and_, func, not_, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection
 
 from autocore import envelope, topics
@@ -114,13 +115,81 @@ def _params(row: Any) -> dict[str, Any] | None:
     return params if isinstance(params, dict) else None
 
 
+#: Longest device uuid used in a command topic, and characters no topic level may hold.
+MAX_TOPIC_UUID = 64
+_TOPIC_UNSAFE = frozenset("/+#\x00")
+
+# The Config App writes these rows, and SQLite stores whatever it is given: a row
+# whose columns hold the wrong types is failed with a reason, never allowed to
+# raise inside a claim (which would stop every command behind it).
+
+
+def _text_of(value: Any) -> str:
+    return value.strip().lower() if isinstance(value, str) else ""
+
+
+def _seconds(value: Any, default: float) -> float | None:
+    """A column of seconds as a finite number >= 0 (``default`` when NULL); None when malformed."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _moment(value: Any) -> datetime | None:
+    """A timestamp column as naive local time; None when it is not a timestamp.
+
+    On SQLite the column is read as stored (text): a malformed value must fail
+    its row, not the query that read every pending row. A value with a UTC
+    offset is turned into naive local time, the database's convention.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone().replace(tzinfo=None)
+    return value
+
+
+def _topic_safe(uuid: Any) -> bool:
+    """Whether a device uuid can name a topic level (the Config App may register anything)."""
+    return isinstance(uuid, str) and 0 < len(uuid) <= MAX_TOPIC_UUID and not _TOPIC_UNSAFE.intersection(uuid)
+
+
+def _commands_table() -> list[Any]:
+    """The columns of ``gateway_commands``, timestamps read as stored (parsed by ``_moment``)."""
+    return [type_coerce(col, String).label(col.name) if col.name in ("created_at", "sent_at") else col
+            for col in gateway_commands.columns]
+
+
 def _problem(row: Any, params: dict[str, Any] | None) -> str | None:
     """Why a pending row can never be delivered, or None."""
     if params is None:
         return "payload is not a JSON object"
-    command_type = (row.command_type or "").strip().lower()
+    command_type = _text_of(row.command_type)
     if not command_type:
         return "missing command_type"
+    for column in ("timeout_s", "max_age_s"):
+        if _seconds(getattr(row, column), 0.0) is None:
+            return f"bad {column} {getattr(row, column)!r}: expected a number of seconds"
+    if row.created_at is not None and _moment(row.created_at) is None:
+        return f"bad created_at {row.created_at!r}: expected a timestamp"
+    if row.command_id is not None and not isinstance(row.command_id, str):
+        return f"bad command_id {row.command_id!r}: expected text"
+    if not _topic_safe(row.device_uuid):
+        return f"device uuid {row.device_uuid!r} cannot name a topic"
     if command_type == RELAY:
         problem = _relay_params(params)
         if problem:
@@ -167,10 +236,14 @@ class CommandFeed:
         if top > self.max_id or self._recheck or now >= self._next_recheck:
             self._recheck, self._next_recheck = False, now + RECHECK_S
             claimed, outcomes = self.claim(conn)
-            outcomes += self._orphans(conn)
-            self.max_id = max(self.max_id, top)
-            if claimed or outcomes:
-                self.deliver(claimed, outcomes)
+            # The claim is committed: its rows say ``sent`` whatever happens next,
+            # so they are handed over even if the orphan sweep fails.
+            try:
+                outcomes += self._orphans(conn)
+            finally:
+                self.max_id = max(self.max_id, top)
+                if claimed or outcomes:
+                    self.deliver(claimed, outcomes)
         return RECHECK_S if self._waiting else None
 
     def claim(self, conn: Connection) -> tuple[list[Claimed], list[Outcome]]:
@@ -184,7 +257,7 @@ class CommandFeed:
         waits = and_(d.id.is_not(None), d.is_active.is_not(False), d.type != GATEWAY_TYPE,
                      or_(d.status.is_(None), d.status != ONLINE))
         base = (
-            select(gateway_commands, d.id.label("device_id"), d.status.label("device_status"),
+            select(*_commands_table(), d.id.label("device_id"), d.status.label("device_status"),
                    d.is_active.label("device_active"), d.type.label("device_type"))
             .select_from(gateway_commands.outerjoin(devices, d.uuid == c.device_uuid))
             .where(c.status == PENDING).order_by(c.id)
@@ -207,8 +280,9 @@ class CommandFeed:
         for row in rows:
             params = _params(row)
             problem = _problem(row, params)
-            max_age = float(row.max_age_s if row.max_age_s is not None else self.default_max_age_s)
-            expired = row.created_at is not None and now - row.created_at > timedelta(seconds=max_age)
+            max_age = _seconds(row.max_age_s, self.default_max_age_s) or 0.0
+            created_at = _moment(row.created_at)
+            expired = created_at is not None and now - created_at > timedelta(seconds=max_age)
             online = row.device_status == ONLINE
             if problem is not None:
                 status, error = FAILED, problem
@@ -226,21 +300,15 @@ class CommandFeed:
                     claimed.append(sent)
                 continue
             if _finish_row(conn, row.id, (PENDING,), status, error):
-                outcomes.append(Outcome(row.id, row.command_id, row.device_uuid,
-                                        (row.command_type or "").strip().lower(), status, error))
+                outcomes.append(Outcome(row.id, _text_or_none(row.command_id), str(row.device_uuid),
+                                        _text_of(row.command_type), status, error))
         conn.commit()
         self._held = held
         return claimed, outcomes
 
     def _mark_sent(self, conn: Connection, row: Any, params: dict[str, Any], now: datetime) -> Claimed | None:
-        command = Command(
-            id=row.id, command_id=row.command_id or str(uuidlib.uuid4()), device_uuid=row.device_uuid,
-            command_type=(row.command_type or "").strip().lower(), params=params,
-            qos=row.qos if row.qos in (0, 1, 2) else DEFAULT_QOS,
-            timeout_s=float(row.timeout_s or self.default_timeout_s),
-            max_age_s=float(row.max_age_s if row.max_age_s is not None else self.default_max_age_s),
-            created_at=row.created_at or now, status=SENT, sent_at=now,
-        )
+        command = _command(row, params, self.default_timeout_s, self.default_max_age_s, now)
+        command.status, command.sent_at = SENT, now
         topic, payload = build_message(command, self.gateway_uuid)
         result = conn.execute(update(gateway_commands).where(
             gateway_commands.c.id == row.id, gateway_commands.c.status == PENDING).values(
@@ -258,23 +326,48 @@ class CommandFeed:
                 self._waiting = True  # another gateway sweeps; look again soon all the same
                 return []
         c = gateway_commands.c
-        rows = conn.execute(select(c.id, c.command_id, c.device_uuid, c.command_type, c.timeout_s, c.sent_at)
+        sent_col = type_coerce(c.sent_at, String).label("sent_at")
+        rows = conn.execute(select(c.id, c.command_id, c.device_uuid, c.command_type, c.timeout_s, sent_col)
                             .where(c.status == SENT)).all()
         self._waiting = bool(rows or self._held)
         now = local_now()
-        overdue = [row for row in rows if row.sent_at is not None and now - row.sent_at > timedelta(
-            seconds=float(row.timeout_s or self.default_timeout_s) + ORPHAN_GRACE_S)]
+        overdue = []
+        for row in rows:
+            timeout_s = self._timeout_of(row)
+            sent_at = _moment(row.sent_at)
+            if sent_at is None or now - sent_at > timedelta(seconds=timeout_s + ORPHAN_GRACE_S):
+                overdue.append((row, timeout_s))
         if not overdue or conn.dialect.name != "postgresql":
             conn.rollback()  # SQLite: the updates start a fresh transaction
         outcomes = []
-        for row in overdue:
-            timeout_s = float(row.timeout_s or self.default_timeout_s)
+        for row, timeout_s in overdue:
             error = f"no confirmation within {timeout_s:g}s (sender gone)"
             if _finish_row(conn, row.id, (SENT,), TIMEOUT, error):
-                outcomes.append(Outcome(row.id, row.command_id, row.device_uuid,
-                                        (row.command_type or "").strip().lower(), TIMEOUT, error))
+                outcomes.append(Outcome(row.id, _text_or_none(row.command_id), str(row.device_uuid),
+                                        _text_of(row.command_type), TIMEOUT, error))
         conn.commit()
         return outcomes
+
+
+    def _timeout_of(self, row: Any) -> float:
+        return _seconds(row.timeout_s, self.default_timeout_s) or self.default_timeout_s
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _command(row: Any, params: dict[str, Any], default_timeout_s: float, default_max_age_s: float,
+             now: datetime) -> Command:
+    """The command a row describes; columns already checked by ``_problem`` (or defaulted)."""
+    return Command(
+        id=row.id, command_id=_text_or_none(row.command_id) or str(uuidlib.uuid4()),
+        device_uuid=str(row.device_uuid), command_type=_text_of(row.command_type), params=params,
+        qos=row.qos if row.qos in (0, 1, 2) and not isinstance(row.qos, bool) else DEFAULT_QOS,
+        timeout_s=_seconds(row.timeout_s, default_timeout_s) or default_timeout_s,
+        max_age_s=_seconds(row.max_age_s, default_max_age_s) or 0.0,
+        created_at=_moment(row.created_at) or now,
+    )
 
 
 def _finish_row(conn: Connection, row_id: int, only_from: tuple[str, ...], status: str, error: str | None,
@@ -297,7 +390,7 @@ def mark_done(conn: Connection, row_id: int, status: str, error: str | None,
 def load_sent(conn: Connection, gateway_uuid: str) -> list[Any]:
     """Rows this gateway left ``sent`` before a restart (tracked to their timeout, never re-sent)."""
     c = gateway_commands.c
-    return conn.execute(select(gateway_commands).where(
+    return conn.execute(select(*_commands_table()).where(
         c.status == SENT, or_(c.claimed_by == gateway_uuid, c.claimed_by.is_(None))).order_by(c.id)).all()
 
 
@@ -309,7 +402,7 @@ def resolve_response(conn: Connection, device_uuid: str, command_id: str, status
         c.command_id == command_id, c.device_uuid == device_uuid, c.status == SENT)).first()
     if row is None or not _finish_row(conn, row.id, (SENT,), status, error, response):
         return None
-    return Outcome(row.id, command_id, device_uuid, (row.command_type or "").strip().lower(), status, error or "")
+    return Outcome(row.id, command_id, device_uuid, _text_of(row.command_type), status, error or "")
 
 
 def confirm_relays(conn: Connection, device_uuid: str, states: dict[int, bool],
@@ -412,14 +505,9 @@ class Outbox:
     async def resume(self) -> None:
         """Track rows this gateway left ``sent`` to their timeout; they are never re-sent."""
         for row in await self.db.call(load_sent, self.gateway_uuid):
-            command = Command(
-                id=row.id, command_id=row.command_id or str(uuidlib.uuid4()), device_uuid=row.device_uuid,
-                command_type=(row.command_type or "").strip().lower(), params=_params(row) or {},
-                qos=row.qos if row.qos in (0, 1, 2) else DEFAULT_QOS,
-                timeout_s=float(row.timeout_s or self.feed.default_timeout_s),
-                max_age_s=float(row.max_age_s if row.max_age_s is not None else self.feed.default_max_age_s),
-                created_at=row.created_at or local_now(), status=SENT, sent_at=row.sent_at,
-            )
+            command = _command(row, _params(row) or {}, self.feed.default_timeout_s,
+                               self.feed.default_max_age_s, local_now())
+            command.status, command.sent_at = SENT, _moment(row.sent_at)
             sent_at = command.sent_at or command.created_at
             remaining = command.timeout_s - (local_now() - sent_at).total_seconds()
             self._track(command, max(0.0, remaining))
