@@ -25,6 +25,10 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: LOG_FILE is rotated at this size, keeping LOG_BACKUPS older files (LOG_FILE.1 ...):
+#: at most 40 MiB of an SD card, whatever a flood of bad input makes the gateway log.
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
 
 
 def uvloop_disabled() -> bool:
@@ -45,14 +49,20 @@ def run_loop(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def setup_logging(settings: Settings) -> None:
-    """Log to stderr (the journal) and, when set, to LOG_FILE as well, as text or JSON lines."""
+    """Log to stderr (the journal) and, when set, to LOG_FILE as well, as text or JSON lines.
+
+    LOG_FILE is rotated by size (LOG_MAX_BYTES, LOG_BACKUPS): the journal has
+    its own limits, a plain file would grow until the card is full.
+    """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if settings.log_file:
         try:
+            from logging.handlers import RotatingFileHandler
             from pathlib import Path
 
             Path(settings.log_file).parent.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(settings.log_file))
+            handlers.append(RotatingFileHandler(settings.log_file, maxBytes=LOG_MAX_BYTES,
+                                                backupCount=LOG_BACKUPS))
         except OSError as exc:
             print(f"autocore: cannot write LOG_FILE {settings.log_file}: {exc}", file=sys.stderr)
     line_format = JsonFormatter() if settings.log_format == "json" else logging.Formatter(LOG_FORMAT)

@@ -87,6 +87,7 @@ class Pipeline:
         self._log_budget = RateLimiter(REJECT_LOGS_PER_S, REJECT_LOG_BURST)
         self._logs_suppressed = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._ack_deferred = False  # the message being handled is acknowledged later
         self.accepting = True
         #: Command outbox to notify of responses and relay states (set by the gateway).
         self.outbox: Any = None
@@ -118,35 +119,40 @@ class Pipeline:
         self.metrics.received += 1
         if not self.accepting:
             return
-        deferred = False
+        self._ack_deferred = False
         try:
-            deferred = self._process(topic_name, payload, retained, qos, mid, dup)
-        finally:
-            if qos and not deferred:
-                self.ack(mid, qos)
+            self._process(topic_name, payload, retained, qos, mid, dup)
+        except Exception:  # a bug outside the handlers: counted and logged, never raised into paho
+            self._failed("processing", topic_name)
+        # Acknowledged here unless a handler handed the acknowledgement on (to a commit
+        # or a database barrier); that holds also when the handler raised afterwards,
+        # or the message would be acknowledged twice, the second time perhaps
+        # acknowledging a newer message that reuses its packet id.
+        if qos and not self._ack_deferred:
+            self.ack(mid, qos)
 
     def _process(self, topic_name: str | bytes, payload: bytes, retained: bool, qos: int, mid: int,
-                 dup: bool) -> bool:
+                 dup: bool) -> None:
         metrics = self.metrics
         try:
             if isinstance(topic_name, bytes):
                 topic_name = topic_name.decode("utf-8")
         except UnicodeDecodeError:
             self._reject("not_utf8_topic", "", repr(topic_name), kinds.INVALID)
-            return False
+            return
         topic = topics.parse_topic(topic_name)
         if topic.reason:
             self._reject(topic.reason, "", topic_name, kinds.INVALID)
-            return False
+            return
         uuid = topic.uuid
         if uuid and not self._admit(uuid, topic_name, qos):
-            return False
+            return
         result = self.validator.validate(topic, payload)
         if not isinstance(result, Message):
             self._reject(result.reason, result.uuid, topic_name, result.kind, result.path)
-            return False
+            return
         if not uuid and result.uuid and not self._admit(result.uuid, topic_name, qos):
-            return False
+            return
         metrics.accepted += 1
         metrics.received_by_kind[result.kind] += 1
         if not result.version_ok and not self._is_gateway(result.uuid):
@@ -154,14 +160,18 @@ class Pipeline:
         handler = self._handlers.get(result.kind)
         if handler is None:
             log.debug("topic=%s kind=%s: no action", topic_name, result.kind)
-            return False
+            return
         delivery = Delivery(topic_name, payload, retained, qos, mid, dup)
         try:
-            return bool(handler(result, delivery))
+            handler(result, delivery)
         except Exception:
-            metrics.handler_failures += 1
-            log.exception("handler for topic=%s failed", topic_name)
-            return False
+            self._failed(result.kind, topic_name)
+
+    def _failed(self, kind: str, topic_name: str) -> None:
+        """A handler raised: counted, and logged with its traceback at most once a minute per kind."""
+        self.metrics.handler_failures += 1
+        if self._may_log("", f"handler_failed:{kind}"):
+            log.exception("handler for topic=%s failed%s", topic_name, self._suppressed_note())
 
     # -- bookkeeping ----------------------------------------------------------------
 
@@ -215,13 +225,20 @@ class Pipeline:
     def _is_gateway(self, uuid: str) -> bool:
         return self.registry.is_gateway(uuid)
 
+    def _defer_ack(self) -> None:
+        """The message being handled is acknowledged later, by whoever stores it (see ``handle``)."""
+        self._ack_deferred = True
+
     def _acked_when_stored(self, delivery: Delivery, work: Any = None) -> bool:
         """Acknowledge a QoS 1/2 message only once the database jobs it caused have run.
 
         A gateway killed in between then gets the message again from its
         session instead of losing an announce, a status change or a command's
-        answer. Returns True: the acknowledgement is deferred (see ``handle``).
+        answer. Returns True when the acknowledgement is deferred.
         """
+        if delivery.qos:
+            self._defer_ack()
+
         async def finish() -> None:
             try:
                 if work is not None:
@@ -243,7 +260,8 @@ class Pipeline:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self.metrics.handler_failures += 1
-            log.error("background handler failed: %r", task.exception())
+            if self._may_log("", "background_handler_failed"):
+                log.error("background handler failed: %r%s", task.exception(), self._suppressed_note())
 
     async def drain_tasks(self, timeout_s: float) -> None:
         """Wait for handlers still waiting on the database (used at shutdown)."""
@@ -267,6 +285,7 @@ class Pipeline:
                                      delivery.dup)
                 stored = self.db.push_reliable(item)
                 deferred = True  # acknowledged after commit; never when refused (redelivered next session)
+                self._defer_ack()
                 if not stored and self._may_log("", "reliable_buffer_full"):
                     log.error("QoS %d telemetry refused by a full buffer: left unacknowledged for the broker "
                               "to deliver again after a reconnect%s", delivery.qos, self._suppressed_note())
