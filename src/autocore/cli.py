@@ -143,6 +143,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return overview.run(load_settings(args.env_file))
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    from autocore import maintenance
+
+    return maintenance.run(load_settings(args.env_file), args.action, full=args.full)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from autocore.demo import run_demo
 
@@ -170,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", cmd_check_config, "validate the configuration and print it (secrets masked)")
     add("info", cmd_info, "show version, Python, and which builds and accelerators are active")
     add("status", cmd_status, "show the running gateway's counters and readiness (exit 0 when ready)")
+    db = add("db", cmd_db, "database maintenance, safe beside a running gateway: "
+                           "stats, prune (retention now), vacuum (give freed pages back)")
+    db.add_argument("action", choices=("stats", "prune", "vacuum"))
+    db.add_argument("--full", action="store_true",
+                    help="vacuum: rewrite a database without incremental auto-vacuum (stop the gateway first)")
     return parser
 
 

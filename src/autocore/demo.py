@@ -224,6 +224,14 @@ def _report(db_path: Path, gateway: Gateway) -> None:
           f"rejected {snapshot['rejected']} {json.dumps(snapshot['rejected_by_reason'])}")
     print(f"  error reports published {snapshot['errors_published']}")
     print("  " + ", ".join(f"{k}: {v}" for k, v in implementation_report()))
+    if gateway.retention is not None and gateway.retention.usage is not None and gateway.db is not None:
+        from autocore.maintenance import project
+
+        usage = gateway.retention.usage
+        per_day = gateway.db.rows_written / max(gateway.uptime(), 1e-3) * 86400
+        projection = project(usage, max(gateway.db.rows_written, 1), per_day, gateway.retention.settings)
+        print("\nStorage (autocore db stats shows the same for any database)")
+        print(f"  {usage.used / 2**20:,.1f} MB in use; at this demo's rate, {projection.describe()}")
     print(f"\nDatabase file: {db_path}")
 
 

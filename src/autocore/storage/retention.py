@@ -237,9 +237,10 @@ class Retention:
                 pass
             try:
                 fs = os.statvfs(self._path.parent)
-                disk_free, disk_total = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
             except OSError:
-                pass
+                fs = None
+            if fs is not None and fs.f_blocks:  # some FUSE file systems report 0 blocks: unknown
+                disk_free, disk_total = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
         cap = self.settings.max_bytes
         if cap is None and disk_total is not None:
             cap = int(disk_total * AUTO_CAP_SHARE)
