@@ -254,6 +254,12 @@ class MqttClient:
         self.client_id = client_id or settings.gateway_uuid
         self._connected_at = 0.0
         self._short_sessions = 0  # connections in a row dropped soon after being made
+        #: Counts successful connections. Packet ids belong to one connection: after a
+        #: broker restart without persistence the same ids name other messages, so an
+        #: acknowledgement carries the generation it was received in (see ``ack``).
+        self.generation = 0
+        #: Acknowledgements dropped because their message came on an earlier connection.
+        self.stale_acks = 0
 
         # A stable client id and a session that outlives the connection let the
         # broker keep QoS 1 messages for us while we are away; manual acks let
@@ -384,9 +390,24 @@ class MqttClient:
         """Queue a publish; paho sends it as soon as the socket is writable."""
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
-    def ack(self, mid: int, qos: int) -> None:
-        """Acknowledge a QoS 1/2 message; until then the broker will redeliver it."""
-        if qos and self.client.is_connected():
+    def ack(self, mid: int, qos: int, generation: int | None = None) -> None:
+        """Acknowledge a QoS 1/2 message; until then the broker will redeliver it.
+
+        ``generation`` is the connection the message came on. An acknowledgement
+        for an earlier connection is dropped: its packet id may now name another
+        message, not stored yet. The broker redelivers the old message in a
+        resumed session (stored once, thanks to its idempotency key), and a
+        broker that lost the session has nothing to acknowledge.
+        """
+        if not qos:
+            return
+        if generation is not None and generation != self.generation:
+            self.stale_acks += 1
+            if self.stale_acks == 1 or self.stale_acks % 1000 == 0:
+                log.info("dropped %d acknowledgement(s) of messages from an earlier connection (packet ids "
+                         "are reused)", self.stale_acks)
+            return
+        if self.client.is_connected():
             self.client.ack(mid, qos)
 
     async def wait_published(self, info: mqtt.MQTTMessageInfo, timeout_s: float) -> bool:
@@ -530,6 +551,7 @@ class MqttClient:
         else:
             log.info("connected to broker %s", self._where())
         self._ever_connected = True
+        self.generation += 1
         self._connected_at = time.monotonic()
         self._last_refusal = None
         self.subscribed.clear()

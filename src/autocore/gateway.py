@@ -163,6 +163,8 @@ class Gateway:
         self.reporter = reporter
         self.pipeline = Pipeline(settings, self.db, self.registry, self.metrics, reporter, self._publish)
         self.pipeline.ack = self.client.ack
+        client = self.client
+        self.pipeline.generation = lambda: client.generation
         self.pipeline.pause_intake = self.client.pause_reading
         loop = asyncio.get_running_loop()
         self.db.on_acks = lambda acks: loop.call_soon_threadsafe(self._ack_committed, acks)
@@ -216,11 +218,15 @@ class Gateway:
         assert self.pipeline is not None
         self.pipeline.handle(topic, payload, retained, qos, mid, dup)
 
-    def _ack_committed(self, acks: list[tuple[int, int]]) -> None:
-        """Rows are committed: now the broker may forget these QoS 1/2 messages."""
+    def _ack_committed(self, acks: list[tuple[int, int, int]]) -> None:
+        """Rows are committed: now the broker may forget these QoS 1/2 messages.
+
+        Each token is (packet id, QoS, connection generation); the client drops
+        those of an earlier connection.
+        """
         assert self.client is not None and self.db is not None
-        for mid, qos in acks:
-            self.client.ack(mid, qos)
+        for mid, qos, generation in acks:
+            self.client.ack(mid, qos, generation)
         if self.client.reading_paused and self.db.reliable_backlog_low():
             self.client.resume_reading()
 

@@ -56,6 +56,7 @@ class Delivery(NamedTuple):
     qos: int
     mid: int
     dup: bool
+    generation: int = 0  # the connection it came on: its acknowledgement is valid only there
 
 
 def _dedup_key(uuid: str, delivery: Delivery) -> str:
@@ -91,8 +92,11 @@ class Pipeline:
         self.accepting = True
         #: Command outbox to notify of responses and relay states (set by the gateway).
         self.outbox: Any = None
-        #: Acknowledges a QoS 1/2 message: ``ack(mid, qos)`` (set by the gateway).
-        self.ack: Callable[[int, int], None] = lambda mid, qos: None
+        #: Acknowledges a QoS 1/2 message: ``ack(mid, qos, generation)`` (set by the gateway).
+        self.ack: Callable[[int, int, int], None] = lambda mid, qos, generation: None
+        #: The current connection's generation (set by the gateway): acknowledgement
+        #: tokens carry it, so none is ever sent on a later connection.
+        self.generation: Callable[[], int] = lambda: 0
         #: Stops reading from the broker while the database catches up (set by the gateway).
         self.pause_intake: Callable[[], None] | None = None
         self._handlers: dict[str, Callable[[Message, Delivery], bool | None]] = {
@@ -120,8 +124,9 @@ class Pipeline:
         if not self.accepting:
             return
         self._ack_deferred = False
+        generation = self.generation()
         try:
-            self._process(topic_name, payload, retained, qos, mid, dup)
+            self._process(topic_name, payload, retained, qos, mid, dup, generation)
         except Exception:  # a bug outside the handlers: counted and logged, never raised into paho
             self._failed("processing", topic_name)
         # Acknowledged here unless a handler handed the acknowledgement on (to a commit
@@ -129,10 +134,10 @@ class Pipeline:
         # or the message would be acknowledged twice, the second time perhaps
         # acknowledging a newer message that reuses its packet id.
         if qos and not self._ack_deferred:
-            self.ack(mid, qos)
+            self.ack(mid, qos, generation)
 
     def _process(self, topic_name: str | bytes, payload: bytes, retained: bool, qos: int, mid: int,
-                 dup: bool) -> None:
+                 dup: bool, generation: int) -> None:
         metrics = self.metrics
         try:
             if isinstance(topic_name, bytes):
@@ -161,7 +166,7 @@ class Pipeline:
         if handler is None:
             log.debug("topic=%s kind=%s: no action", topic_name, result.kind)
             return
-        delivery = Delivery(topic_name, payload, retained, qos, mid, dup)
+        delivery = Delivery(topic_name, payload, retained, qos, mid, dup, generation)
         try:
             handler(result, delivery)
         except Exception:
@@ -246,7 +251,7 @@ class Pipeline:
                 await self.db.barrier()
             finally:
                 if delivery.qos:
-                    self.ack(delivery.mid, delivery.qos)
+                    self.ack(delivery.mid, delivery.qos, delivery.generation)
 
         self._spawn(finish())
         return bool(delivery.qos)
@@ -281,7 +286,8 @@ class Pipeline:
             device_id = device.id if device else None
             if delivery.qos:
                 item = TelemetryItem(device_id, message.uuid, local_now(), rows,
-                                     (delivery.mid, delivery.qos), _dedup_key(message.uuid, delivery),
+                                     (delivery.mid, delivery.qos, delivery.generation),
+                                     _dedup_key(message.uuid, delivery),
                                      delivery.dup)
                 stored = self.db.push_reliable(item)
                 deferred = True  # acknowledged after commit; never when refused (redelivered next session)
