@@ -50,6 +50,9 @@ TAKEOVER_HINT_EVERY = 20
 
 #: Bytes taken from the socket per recv(): one system call serves many packets.
 RECV_CHUNK_BYTES = 64 * 1024
+#: Room for the packet header, the topic and properties above the payload limit in
+#: the Maximum Packet Size announced at CONNECT (topics are at most 256 bytes here).
+PACKET_HEADROOM_BYTES = 4096
 
 #: Receives each message: (topic, payload, retained, qos, mid, dup). The topic is
 #: the raw bytes when it was decoded here, a str when paho decoded it.
@@ -441,6 +444,11 @@ class MqttClient:
     def is_connected(self) -> bool:
         return self.client.is_connected()
 
+    @property
+    def max_packet_bytes(self) -> int:
+        """The largest packet the broker may send us: the payload limit plus header room."""
+        return self.settings.max_payload_bytes + PACKET_HEADROOM_BYTES
+
     def disconnected_for(self) -> float:
         """Seconds disconnected in total, including the current outage."""
         current = 0.0 if self._disconnected_since is None else time.monotonic() - self._disconnected_since
@@ -451,6 +459,10 @@ class MqttClient:
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
         props.ReceiveMaximum = self.settings.max_concurrent_messages
+        # The broker must not send bigger packets: it drops them instead (MQTT 5
+        # Maximum Packet Size), so an oversized publish never reaches our buffers
+        # (a packet may otherwise be up to 256 MB, all read before the payload check).
+        props.MaximumPacketSize = self.max_packet_bytes
         if self.settings.session_expiry_s:
             props.SessionExpiryInterval = self.settings.session_expiry_s
         return props
