@@ -648,8 +648,12 @@ class MqttClient:
                 if attempt == 1 or attempt % 10 == 0:  # do not flood the log
                     log.warning("reconnect to %s failed (attempt %d): %s", self._where(), attempt, exc)
             else:
+                # AUTOCORE_CONNECT_TIMEOUT=0 means "keep trying the first connection",
+                # not "no time for a CONNACK": wait_for(..., 0) gave up at once, and the
+                # next attempt tore down a connection the broker was about to accept.
+                wait_s = self.settings.connect_timeout_s or CONNACK_WAIT_S
                 try:
-                    await asyncio.wait_for(self.connected.wait(), self.settings.connect_timeout_s)
+                    await asyncio.wait_for(self.connected.wait(), wait_s)
                     return
                 except asyncio.TimeoutError:
                     pass
