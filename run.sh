@@ -3,6 +3,7 @@
 #   ./run.sh demo [autocore demo options]   the gateway's main job on embedded defaults
 #   ./run.sh test [pytest options]          the whole test suite on three installs
 #   ./run.sh test-minimal [pytest options]  only the third: the 32-bit ARM build
+#   ./run.sh image-test                     build the container image and smoke-test it (root)
 # Installs Mosquitto (and the PostgreSQL server for the tests) with apt-get when
 # missing, creates a virtual environment ($AUTOCORE_VENV, default .venv) and
 # installs autocore into it with its Cython extensions compiled and uvloop; the
@@ -133,9 +134,12 @@ case "$cmd" in
         log "32-bit ARM build (_topics and _ring compiled, _envelope pure), without pysimdjson and uvloop"
         AUTOCORE_EXPECT_EXTENSIONS=_topics,_ring "$VENV-minimal/bin/python" -m pytest "$@"
         ;;
+    image-test)
+        exec scripts/image_test.sh "$@"
+        ;;
     *)
         echo "usage: ./run.sh demo [options] | ./run.sh test [pytest options]" \
-             "| ./run.sh test-minimal [pytest options]" >&2
+             "| ./run.sh test-minimal [pytest options] | ./run.sh image-test" >&2
         exit 2
         ;;
 esac
