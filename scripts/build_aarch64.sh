@@ -10,7 +10,7 @@
 #   AUTOCORE_EMU_ARCH=arm64 (default)  Debian 12 arm64, as 64-bit Raspberry Pi OS 12:
 #                                      every extension must compile
 #   AUTOCORE_EMU_ARCH=armhf            Debian 12 armhf (armv7l), as 32-bit Raspberry Pi OS:
-#                                      no pysimdjson wheel, so _topics and _ring compile
+#                                      no pysimdjson wheel, so _topics, _ring and _compress compile
 #                                      and _envelope stays pure, as in the armv7l wheels
 #   ROOT                               the emulated root file system
 #                                      (default /var/tmp/autocore-$AUTOCORE_EMU_ARCH)
@@ -20,7 +20,7 @@
 # a copy of this tree; `pip wheel` there (build isolation: Cython, setuptools and,
 # on arm64, pysimdjson come from PyPI); a venv with only that wheel and the test
 # extra; pytest on the hot-path tests (test_topics, test_topics_hypothesis,
-# test_envelope, test_ring) and test_packaging,
+# test_envelope, test_ring, test_compress) and test_packaging,
 # run from a copy of the tests, so autocore is imported from the wheel.
 # A second run reuses ROOT and skips the bootstrap. Emulation is slow: the
 # C++ compile of simdjson dominates (see README, "Building wheels").
@@ -33,7 +33,7 @@ SUITE=bookworm
 MIRROR="${AUTOCORE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 case "$ARCH" in
     arm64) QEMU=aarch64; REQUIRE=1; EXPECT=1 ;;
-    armhf) QEMU=arm; REQUIRE=_topics,_ring; EXPECT=_topics,_ring ;;
+    armhf) QEMU=arm; REQUIRE=_topics,_ring,_compress; EXPECT=_topics,_ring,_compress ;;
     *) echo "AUTOCORE_EMU_ARCH must be arm64 or armhf" >&2; exit 2 ;;
 esac
 
@@ -117,5 +117,5 @@ in_root /bin/sh -c "cd /build/tests-copy && TZ='<-03>3' AUTOCORE_EXPECT_EXTENSIO
     /test-venv/bin/python -c 'import autocore, autocore._fast as f; print(autocore.__file__, f.IMPLEMENTATIONS)' && \
     TZ='<-03>3' AUTOCORE_EXPECT_EXTENSIONS=$EXPECT /test-venv/bin/python -m pytest -q \
     tests/test_topics.py tests/test_topics_hypothesis.py tests/test_envelope.py tests/test_ring.py \
-    tests/test_packaging.py"
+    tests/test_compress.py tests/test_packaging.py"
 log "tests done in $(( $(date +%s) - start )) s"

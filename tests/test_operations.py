@@ -133,7 +133,7 @@ def test_collector_exports_the_pipeline_counters() -> None:
     assert abs(value(samples, "autocore_db_commit_seconds_sum") - 0.201) < 1e-9
     build = samples["autocore_build_info"][0][0]
     assert build["version"] and build["python"].startswith(("CPython", "PyPy"))
-    assert {labels["module"] for labels, _ in samples["autocore_hot_path_info"]} == {"topics", "envelope", "ring"}
+    assert {labels["module"] for labels, _ in samples["autocore_hot_path_info"]} == {"topics", "envelope", "compress", "ring"}
     # Sources that were not given export nothing rather than made-up zeros.
     assert "autocore_ring_depth" not in samples and "autocore_mqtt_connected" not in samples
 

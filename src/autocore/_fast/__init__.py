@@ -1,7 +1,8 @@
 """Pick the compiled or the pure-Python build of each hot-path module.
 
 Each hot spot comes as a pair sharing a stem: ``_topics.pyx`` / ``_topics_py.py``,
-``_envelope.pyx`` / ``_envelope_py.py``, ``_ring.pyx`` / ``_ring_py.py``. The
+``_envelope.pyx`` / ``_envelope_py.py``, ``_ring.pyx`` / ``_ring_py.py``,
+``_compress.pyx`` / ``_compress_py.py``. The
 pure twin is the specification; the compiled one must give the same results and
 the same errors. The compiled module wins unless ``AUTOCORE_NO_EXTENSIONS`` is
 set, the interpreter is not CPython, or the extension was not built.
@@ -17,7 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 #: Stems of the hot-path modules, in pipeline order.
-MODULES = ("topics", "envelope", "ring")
+MODULES = ("topics", "envelope", "compress", "ring")
 
 CYTHON = "cython"
 PYTHON = "python"
@@ -45,10 +46,11 @@ class Implementation:
     Message: Any
     Reject: Any
     Ring: Any
+    Compressor: Any
 
     @classmethod
     def from_modules(cls, name: str, modules: dict[str, ModuleType]) -> Implementation:
-        topics, envelope, ring = (modules[m] for m in MODULES)
+        topics, envelope, compress, ring = (modules[m] for m in MODULES)
         return cls(
             name=name,
             parse_topic=topics.parse_topic,
@@ -57,6 +59,7 @@ class Implementation:
             Message=envelope.Message,
             Reject=envelope.Reject,
             Ring=ring.Ring,
+            Compressor=compress.Compressor,
         )
 
 
@@ -92,6 +95,7 @@ def _choose() -> tuple[dict[str, str], dict[str, ModuleType]]:
 
 
 if TYPE_CHECKING:  # type checkers always see the pure twins
+    from ._compress_py import Compressor
     from ._envelope_py import Message, Reject, Validator
     from ._ring_py import Ring
     from ._topics_py import Topic, parse_topic
@@ -114,10 +118,11 @@ else:
     Message = active.Message
     Reject = active.Reject
     Ring = active.Ring
+    Compressor = active.Compressor
     del _modules
 
 __all__ = [
-    "CYTHON", "IMPLEMENTATION", "IMPLEMENTATIONS", "MODULES", "PYTHON", "Implementation",
+    "CYTHON", "Compressor", "IMPLEMENTATION", "IMPLEMENTATIONS", "MODULES", "PYTHON", "Implementation",
     "Message", "Reject", "Ring", "Topic", "Validator", "extensions_disabled", "load",
     "parse_topic",
 ]
