@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import socket
 import ssl
@@ -59,6 +60,10 @@ PACKET_HEADROOM_BYTES = 4096
 PublishHandler = Callable[[str | bytes, bytes, bool, int, int, bool], None]
 
 _PUBLISH = 0x30
+_MS_WAIT_FOR_PUBACK = mqtt.MessageState.MQTT_MS_WAIT_FOR_PUBACK
+_MS_WAIT_FOR_PUBREC = mqtt.MessageState.MQTT_MS_WAIT_FOR_PUBREC
+_MS_WAIT_FOR_PUBCOMP = mqtt.MessageState.MQTT_MS_WAIT_FOR_PUBCOMP
+_MS_RESEND_PUBREL = mqtt.MessageState.MQTT_MS_RESEND_PUBREL
 
 #: paho-mqtt releases this module was tested with (pyproject.toml pins the same
 #: range): it reads and writes paho internals that other releases lay out
@@ -66,7 +71,7 @@ _PUBLISH = 0x30
 PAHO_TESTED = ((2, 2), (2, 3))
 #: paho internals the receive buffer, the plain-PUBLISH decoder and ``withdraw`` use.
 PAHO_INTERNALS = ("_in_packet", "_msgtime_mutex", "_last_bytes_received", "_protocol", "_sock",
-                  "_out_messages", "_out_message_mutex", "_inflight_messages")
+                  "_out_messages", "_out_message_mutex", "_inflight_messages", "_out_packet")
 
 
 def paho_version() -> tuple[int, ...]:
@@ -238,6 +243,8 @@ class MqttClient:
         self.subscriptions = list(subscriptions)
         self.on_message = on_message
         self.on_connected: Callable[[], None] | None = None
+        #: Runs when an established connection is lost (not at close()).
+        self.on_disconnected: Callable[[], None] | None = None
         self.connected = asyncio.Event()
         self.subscribed = asyncio.Event()
         self.reconnects = 0
@@ -389,9 +396,46 @@ class MqttClient:
         except (ValueError, OSError):  # socket already closed
             pass
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        """Queue a publish; paho sends it as soon as the socket is writable."""
-        return self.client.publish(topic, payload, qos=qos, retain=retain)
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
+                expiry_s: float | None = None) -> mqtt.MQTTMessageInfo:
+        """Queue a publish; paho sends it as soon as the socket is writable.
+
+        With ``expiry_s`` the broker discards the message if it cannot deliver it
+        within that many seconds (MQTT 5 Message Expiry Interval): a command
+        must not reach a device that comes back after it timed out.
+        """
+        properties = None
+        if expiry_s is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.MessageExpiryInterval = max(1, math.ceil(expiry_s))
+        return self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+
+    def withdraw(self, info: mqtt.MQTTMessageInfo) -> bool:
+        """Make sure paho never sends, nor resends after a reconnect, a publish the broker has not taken.
+
+        paho keeps QoS 1/2 publishes until the broker acknowledges them and
+        sends them again on every reconnect, however late. Returns True when the
+        message was withdrawn; False when the broker already has it (PUBACK,
+        PUBREC), when it is gone from paho, or when this paho lacks the internals.
+        A packet already being written is left alone (it is on the wire).
+        """
+        if self._paho_missing:
+            return False
+        paho = self.client
+        with paho._out_message_mutex:
+            message = paho._out_messages.get(info.mid)
+            if message is None or message.info is not info:
+                return False
+            if message.state in (_MS_WAIT_FOR_PUBCOMP, _MS_RESEND_PUBREL):
+                return False  # the broker took it (PUBREC): only its expiry can stop it now
+            if message.state in (_MS_WAIT_FOR_PUBACK, _MS_WAIT_FOR_PUBREC):
+                paho._inflight_messages = max(0, paho._inflight_messages - 1)
+            del paho._out_messages[info.mid]
+        queued = paho._out_packet
+        for packet in [p for p in queued if p["mid"] == info.mid and p["command"] & 0xF0 == _PUBLISH
+                       and p["pos"] == 0]:
+            queued.remove(packet)
+        return True
 
     def ack(self, mid: int, qos: int, generation: int | None = None) -> None:
         """Acknowledge a QoS 1/2 message; until then the broker will redeliver it.
@@ -607,6 +651,8 @@ class MqttClient:
             return
         if was_connected:
             log.warning("lost broker %s: %s", self._where(), reason_code)
+            if self.on_disconnected is not None:
+                self._threadsafe(self.on_disconnected)
             self._short_sessions = self._short_sessions + 1 if (
                 time.monotonic() - self._connected_at < SHORT_SESSION_S) else 0
             if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER or \

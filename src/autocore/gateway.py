@@ -179,20 +179,25 @@ class Gateway:
                              settings.message_timeout_s, settings.command_max_age_s,
                              shared=settings.shared_group is not None)
         self.outbox.on_unknown = self.pipeline.unknown_response
+        self.outbox.link_up = lambda: client.is_connected
+        self.outbox.withdraw = client.withdraw
+        self.outbox.feed.link = False  # until the first CONNACK (see _on_connected)
+        client.on_disconnected = lambda: self.outbox.link_changed(False)
         self.pipeline.outbox = self.outbox
         self.registry.on_online = self.outbox.device_online
         await self.outbox.resume()
         await self.client.connect(settings.connect_timeout_s)
         self.db.add_poller(self.outbox.feed.poll, settings.command_poll_interval_s)
 
-    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
+    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool, expiry_s: float | None = None) -> Any:
         assert self.client is not None
-        info = self.client.publish(topic, payload, qos, retain)
+        info = self.client.publish(topic, payload, qos, retain, expiry_s)
         if info.rc == mqtt.MQTT_ERR_SUCCESS and topic.startswith("autocore/errors/"):
             self.metrics.errors_published += 1
         return info
 
     def _on_connected(self) -> None:
+        self.outbox.link_changed(True)
         uuid = self.settings.gateway_uuid
         self._publish(topics.status_topic(uuid),
                       status.online(uuid, self.uptime(), self.metrics.received), status.STATUS_QOS, True)

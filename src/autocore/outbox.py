@@ -71,6 +71,8 @@ class Command:
     status: str = PENDING
     sent_at: datetime | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    deadline: float = 0.0  # loop time of its timeout
+    info: Any = field(default=None, repr=False)  # what publish() returned, to withdraw it at the timeout
 
 
 # -- database side (DB thread) ------------------------------------------------------------
@@ -224,6 +226,9 @@ class CommandFeed:
         self._next_recheck = 0.0
         self._held: set[int] = set()
         self._waiting = False  # rows held, or sent and unresolved: time alone can change them
+        #: False while the broker is away: rows stay ``pending`` (they may still expire)
+        #: rather than be claimed and handed to a client that cannot send them.
+        self.link = True
 
     def recheck(self) -> None:
         """Look at every pending row on the next poll (a device came online)."""
@@ -289,9 +294,10 @@ class CommandFeed:
             elif expired:
                 status = EXPIRED
                 error = "older than its maximum age" if online else "device offline past the command's maximum age"
-            elif not online:
+            elif not online or not self.link:
                 if row.id not in self._held:
-                    log.info("command=%s device=%s offline: held", row.command_id or row.id, row.device_uuid)
+                    log.info("command=%s device=%s %s: held", row.command_id or row.id, row.device_uuid,
+                             "offline" if not online else "broker unreachable")
                 held.add(row.id)
                 continue
             else:
@@ -498,6 +504,12 @@ class Outbox:
         self.outcomes: dict[str, int] = {}
         #: Called with (device uuid, response) for a response no command of ours matches.
         self.on_unknown: Callable[[str, dict[str, Any]], None] | None = None
+        #: Whether the broker connection is up, and how to take back a publish the
+        #: client still holds (set by the gateway; see ``link_changed``).
+        self.link_up: Callable[[], bool] = lambda: True
+        self.withdraw: Callable[[Any], bool] = lambda info: False
+        #: Claimed while the broker was away: published when it is back, unless timed out first.
+        self._unpublished: dict[str, Claimed] = {}
         self.feed = CommandFeed(gateway_uuid, default_timeout_s, default_max_age_s, self._from_db_thread)
 
     # -- intake ---------------------------------------------------------------------------
@@ -522,6 +534,23 @@ class Outbox:
             self._track(item.command, item.command.timeout_s)
             self._spawn(self._publish(item))
 
+    def link_changed(self, up: bool) -> None:
+        """The broker connection came up or went down.
+
+        While it is down nothing is claimed; what was claimed just before waits
+        here, never in the client's queue, and is published on the way back up
+        only if its timeout has not passed.
+        """
+        self.feed.link = up
+        if not up:
+            return
+        waiting, self._unpublished = self._unpublished, {}
+        for item in waiting.values():
+            if self._outstanding.get(item.command.command_id) is item.command:
+                self._spawn(self._publish(item))
+        self.feed.recheck()
+        self.db.request_poll()
+
     def device_online(self, uuid: str) -> None:
         """A device came back: its held commands are looked at on the next poll."""
         self.feed.recheck()
@@ -529,13 +558,30 @@ class Outbox:
 
     def _track(self, command: Command, timeout_s: float) -> None:
         self._outstanding[command.command_id] = command
+        command.deadline = self._loop.time() + timeout_s
         command.timer = self._loop.call_later(timeout_s, self._timed_out, command)
 
     async def _publish(self, item: Claimed) -> None:
+        """Publish a claimed command while its timeout has not passed, with that much time to live.
+
+        The broker discards it once the remaining time is over (Message Expiry
+        Interval), and the timeout takes it back from the client if the broker
+        never took it: a command never reaches a device after its row says so.
+        """
         command = item.command
         for attempt in range(1, MAX_PUBLISH_ATTEMPTS + 1):
-            info = self.publish(item.topic, item.body, command.qos, False)
-            if info.rc in (0, 4):  # success, or queued by paho until the broker is back
+            if self._outstanding.get(command.command_id) is not command:
+                return  # resolved meanwhile (timed out, or answered)
+            if not self.link_up():
+                self._unpublished[command.command_id] = item
+                log.info("command=%s device=%s waits for the broker", command.command_id, command.device_uuid)
+                return
+            remaining_s = command.deadline - self._loop.time()
+            if remaining_s <= 0:
+                return  # its timer is due: nothing was published
+            info = self.publish(item.topic, item.body, command.qos, False, remaining_s)
+            if info.rc in (0, 4):  # sent, or held by the client over a reconnect (withdrawn at the timeout)
+                command.info = info
                 log.info("command=%s device=%s sent on %s", command.command_id, command.device_uuid, item.topic)
                 return
             await asyncio.sleep(PUBLISH_RETRY_S * attempt)
@@ -601,8 +647,12 @@ class Outbox:
     def _finish(self, command: Command, status: str, error: str | None,
                 response: dict[str, Any] | None = None) -> None:
         self._outstanding.pop(command.command_id, None)
+        self._unpublished.pop(command.command_id, None)
         if command.timer is not None:
             command.timer.cancel()
+        if status == TIMEOUT and command.info is not None and self.withdraw(command.info):
+            log.info("command=%s device=%s timed out before the broker took it: withdrawn",
+                     command.command_id, command.device_uuid)
         command.status = status
         # Queued now, so that a barrier queued after this call finds it done.
         recorded = self.db.call(mark_done, command.id, status, error, response)
