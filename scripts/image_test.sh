@@ -27,7 +27,8 @@
 #     CA bundle mounted read-only over the build's own (HTTPS here is re-signed by
 #     a local CA); `--pull=never`, so the stand-in is what gets used.
 #  4. The image's settings (user, volume, port, stop signal, health check) and
-#     contents (no compiler, no pip, the CA bundle not kept) are checked.
+#     contents (no compiler, no pip, the CA bundle not kept, the hot path
+#     compiled, psycopg's C build loading libpq) are checked.
 #  5. `podman create` + `podman export` give its file system. `autocore run`, the
 #     image's entrypoint and command with the image's environment and working
 #     directory, runs there under chroot as the image's user (a private mount
@@ -280,6 +281,10 @@ if [ "$(uname -m)" = x86_64 ] || [ "$(uname -m)" = aarch64 ]; then
     grep -Eq '^hot path: .* python$' "$WORK/info.txt" && { cat "$WORK/info.txt" >&2; fail "a hot-path module is not compiled"; }
 fi
 sed 's/^/    /' "$WORK/info.txt" >&2
+# PostgreSQL support: psycopg's C build must load against the image's libpq.
+(in_image python3 -c 'import psycopg; assert psycopg.pq.__impl__ == "c", psycopg.pq.__impl__; print("psycopg", psycopg.__version__, psycopg.pq.__impl__, "on libpq", psycopg.pq.version())') \
+    > "$WORK/psycopg.txt" 2>&1 || { cat "$WORK/psycopg.txt" >&2; fail "psycopg in the image"; }
+sed 's/^/    /' "$WORK/psycopg.txt" >&2
 
 # -- 5. the gateway against a broker on loopback ------------------------------------------
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
