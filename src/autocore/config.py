@@ -129,6 +129,15 @@ def _size_mb() -> tuple[Callable[[str], float | None], str]:
     return parse, "a number of MB > 0, or auto"
 
 
+def _deviations() -> tuple[Callable[[str], tuple[tuple[str, float], ...]], str]:
+    def parse(text: str) -> tuple[tuple[str, float], ...]:
+        from autocore.compression import parse_deviations
+
+        return parse_deviations(text)
+
+    return parse, "name=number pairs separated by commas (numbers >= 0), e.g. can_rpm=25,analog_temp=0.2"
+
+
 def _optional_file() -> tuple[Callable[[str], str | None], str]:
     def parse(text: str) -> str | None:
         value = text.strip()
@@ -218,6 +227,16 @@ KEYS: tuple[Key, ...] = (
         "largest the database may grow, MB (auto: a quarter of its file system)"),
     Key("AUTOCORE_DISK_MIN_FREE_MB", "disk_min_free_mb", "256", _number(0, lo_inclusive=True),
         "free space always left on the database's file system, MB"),
+    Key("AUTOCORE_COMPRESSION", "compression", "off", _choice("off", "deadband", "swinging_door"),
+        "historian compression of telemetry rows: off, deadband or swinging_door"),
+    Key("AUTOCORE_COMPRESSION_DEVIATION", "compression_deviation", "0", _number(0, lo_inclusive=True),
+        "how far a dropped reading may be from the stored ones, in the signal's unit"),
+    Key("AUTOCORE_COMPRESSION_DEVIATIONS", "compression_deviations", "", _deviations(),
+        "deviation per data key, over the default (can_rpm=25,analog_temp=0.2)"),
+    Key("AUTOCORE_COMPRESSION_HEARTBEAT", "compression_heartbeat_s", "60", _number(0),
+        "longest a reporting signal goes without a stored row, s"),
+    Key("AUTOCORE_COMPRESSION_MAX_KEYS", "compression_max_keys", "4096", _integer(1, 10_000_000),
+        "signals compressed at most; readings of further ones are all stored"),
     Key("MQTT_TLS_CA_FILE", "tls_ca_file", None, _optional_file(), "CA bundle: enables TLS"),
     Key("MQTT_TLS_CERT_FILE", "tls_cert_file", None, _optional_file(), "client certificate (PEM)"),
     Key("MQTT_TLS_KEY_FILE", "tls_key_file", None, _optional_file(), "client private key (PEM)"),
@@ -274,6 +293,11 @@ class Settings:
     command_retention_s: float
     db_max_mb: float | None  # None: a quarter of the database's file system
     disk_min_free_mb: float
+    compression: str
+    compression_deviation: float
+    compression_deviations: tuple[tuple[str, float], ...]
+    compression_heartbeat_s: float
+    compression_max_keys: int
     tls_ca_file: str | None
     tls_cert_file: str | None
     tls_key_file: str | None
@@ -349,6 +373,8 @@ class Settings:
                 shown = redact_url(value)
             elif value is None:
                 shown = "(unset)"
+            elif key.field == "compression_deviations":
+                shown = ",".join(f"{name}={deviation:g}" for name, deviation in value)
             else:
                 shown = str(value).lower() if isinstance(value, bool) else str(value)
             rows.append((key.env, shown, key.help))
