@@ -51,6 +51,9 @@ MAX_TRACKED_BOARDS = 1024
 MAX_PUBLISH_ATTEMPTS = 3
 PUBLISH_RETRY_S = 0.5
 DEFAULT_QOS = 2
+#: Shared mode: answers looked up in the database at once; past this (a flood of
+#: made-up answers) an answer no command of ours matches is counted as unknown.
+MAX_PENDING_LOOKUPS = 512
 
 Publish = Callable[[str, bytes, int, bool], Any]
 
@@ -597,7 +600,7 @@ class Outbox:
         command = self._outstanding.get(command_id)
         if command is not None and command.device_uuid == device_uuid:
             self._finish(command, FAILED if failed else ACKED, error, data)
-        elif self.shared and isinstance(data.get("command_id"), str):
+        elif self.shared and isinstance(data.get("command_id"), str) and len(self._tasks) < MAX_PENDING_LOOKUPS:
             resolved = self.db.call(resolve_response, device_uuid, command_id, FAILED if failed else ACKED,
                                     error, data)
             self._spawn(self._resolved_elsewhere(device_uuid, data, resolved))

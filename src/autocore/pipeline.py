@@ -39,6 +39,14 @@ REJECT_LOGS_PER_S = 1.0
 REJECT_LOG_BURST = 20
 #: Relay commands are published with the original's QoS (firmware subscribes at 1).
 RELAY_SET_QOS = 1
+#: Handler tasks (a device look-up, a database barrier) in flight at once. QoS 1/2
+#: messages hold their acknowledgement until their task ends, so the broker's
+#: receive maximum bounds them; QoS 0 ones past this bound are shed and counted
+#: (reason ``backlog``): a locked database or a flood of made-up uuids must not
+#: turn each message into a task that waits.
+MAX_PENDING_TASKS = 512
+#: Longest device uuid the ``devices`` table holds (firmware uuids may have 64).
+DEVICE_UUID_LENGTH = devices.c.uuid.type.length
 #: Kinds whose reject is reported with ERR_002 (a response without id is only counted).
 _SILENT_REJECT_KINDS = frozenset({kinds.RESPONSE})
 
@@ -241,8 +249,11 @@ class Pipeline:
         session instead of losing an announce, a status change or a command's
         answer. Returns True when the acknowledgement is deferred.
         """
-        if delivery.qos:
-            self._defer_ack()
+        if not delivery.qos:  # nothing to acknowledge: no barrier to wait for
+            if work is not None:
+                self._spawn(work)
+            return False
+        self._defer_ack()
 
         async def finish() -> None:
             try:
@@ -250,11 +261,24 @@ class Pipeline:
                     await work
                 await self.db.barrier()
             finally:
-                if delivery.qos:
-                    self.ack(delivery.mid, delivery.qos, delivery.generation)
+                self.ack(delivery.mid, delivery.qos, delivery.generation)
 
         self._spawn(finish())
-        return bool(delivery.qos)
+        return True
+
+    def _room(self, delivery: Delivery, uuid: str) -> bool:
+        """Whether a handler task may start for this message (see MAX_PENDING_TASKS).
+
+        Call it before creating the task's coroutine: a QoS 0 message past the
+        bound is counted under ``backlog`` and dropped.
+        """
+        if delivery.qos or len(self._tasks) < MAX_PENDING_TASKS:
+            return True
+        self.metrics.reject("backlog", uuid)
+        if self._may_log("", "backlog"):
+            log.warning("%d handlers wait for the database: QoS 0 messages that need one are dropped%s",
+                        len(self._tasks), self._suppressed_note())
+        return False
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -276,13 +300,20 @@ class Pipeline:
     # -- handlers --------------------------------------------------------------------
 
     def _on_telemetry(self, message: Message, delivery: Delivery) -> bool:
-        """Queue the rows; a QoS 1/2 message is acknowledged only after they are committed."""
+        """Queue the rows; a QoS 1/2 message is acknowledged only after they are committed.
+
+        Rows of a uuid the database was just asked about and does not hold are
+        not queued at all: the writer would only look it up again.
+        """
         device = self.registry.get(message.uuid)
         rows = message.rows
         deferred = False
         if message.skipped:
             self.metrics.skipped(message.uuid, message.skipped)
-        if rows:
+        unknown = device is None and self.registry.known_unknown(message.uuid)
+        if rows and unknown:
+            self.metrics.reject("unknown_device", message.uuid)
+        elif rows:
             device_id = device.id if device else None
             if delivery.qos:
                 item = TelemetryItem(device_id, message.uuid, local_now(), rows,
@@ -307,7 +338,8 @@ class Pipeline:
                 self.metrics.telemetry_dropped += 1
         if device is not None:
             self.registry.seen(device, touch=not delivery.retained)
-        elif not self.registry.known_unknown(message.uuid):
+        elif not unknown and not self.registry.looking_up(message.uuid) and \
+                len(self._tasks) < MAX_PENDING_TASKS:  # presence only: never worth a backlog
             self._spawn(self._seen_later(message.uuid, delivery.retained))
         return deferred
 
@@ -335,7 +367,17 @@ class Pipeline:
         return deferred
 
     def _on_status(self, message: Message, delivery: Delivery) -> bool:
+        """Presence from a status message; a cached device needs no task (and QoS 0 no barrier)."""
         if self._is_gateway(message.uuid):
+            return False
+        device = self.registry.get(message.uuid)
+        if device is not None:
+            self._apply_status(device, message, delivery.retained)
+            return self._acked_when_stored(delivery)
+        if self.registry.known_unknown(message.uuid):
+            self._unknown_status(message.uuid)
+            return False
+        if not self._room(delivery, message.uuid):
             return False
         return self._acked_when_stored(delivery, self._status(message, delivery.retained))
 
@@ -344,11 +386,17 @@ class Pipeline:
         if device is None and self._is_gateway(message.uuid):  # a peer gateway's status
             return
         if device is None:
-            self.metrics.reject("unknown_device", message.uuid)
-            if self._may_log(message.uuid, "unknown_device"):
-                log.warning("device=%s status from a device not in the database; ignored%s", message.uuid,
-                            self._suppressed_note())
+            self._unknown_status(message.uuid)
             return
+        self._apply_status(device, message, retained)
+
+    def _unknown_status(self, uuid: str) -> None:
+        self.metrics.reject("unknown_device", uuid)
+        if self._may_log(uuid, "unknown_device"):
+            log.warning("device=%s status from a device not in the database; ignored%s", uuid,
+                        self._suppressed_note())
+
+    def _apply_status(self, device: Any, message: Message, retained: bool) -> None:
         data = message.data or {}
         if data.get("status") == OFFLINE:
             self.registry.set_status(device, OFFLINE, str(data.get("reason") or "offline"))
@@ -360,6 +408,12 @@ class Pipeline:
             # This gateway's row (or a peer's) is not a device: an announce must not
             # rewrite its type and firmware, nor put it in the device cache.
             self._refuse("gateway_uuid", message.uuid, delivery.topic, "an announce on a gateway's uuid")
+            return False
+        if len(message.uuid) > DEVICE_UUID_LENGTH:
+            self._refuse("uuid_too_long", message.uuid, delivery.topic,
+                         f"devices.uuid holds {DEVICE_UUID_LENGTH} characters")
+            return False
+        if not self._room(delivery, message.uuid):
             return False
         return self._acked_when_stored(delivery, self.registry.announce(message.uuid, message.data or {}))
 
@@ -394,13 +448,19 @@ class Pipeline:
 
     def _on_mode(self, message: Message, delivery: Delivery) -> None:
         data = message.data or {}
-        log.info("mode=%s status=%s source=%s", message.sub, data.get("status", "active"),
-                 data.get("source", "unknown"))
+        status = data.get("status", "active")
+        if self._may_log(f"mode:{message.sub}", str(status)[:40]):  # not once per message
+            log.info("mode=%s status=%s source=%s", message.sub, status, data.get("source", "unknown"))
 
     # -- relay commands (S8 -> relays/set) ----------------------------------------------
 
     def _on_relay_command(self, message: Message, delivery: Delivery) -> None:
         if delivery.retained:  # a stale retained command must never switch a relay
+            return
+        # Acknowledged at once (a redelivery must not toggle a relay twice), so the
+        # broker's window does not bound these: past MAX_PENDING_TASKS any QoS is shed.
+        if len(self._tasks) >= MAX_PENDING_TASKS:
+            self._room(delivery._replace(qos=0), message.uuid)
             return
         self._spawn(self._relay_command(message))
 

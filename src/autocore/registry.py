@@ -12,6 +12,7 @@ for timeouts is monotonic; the database gets naive local time (D11, D16).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from autocore.events import write_event
 from autocore.ratelimit import RateLimiter
 from autocore.schema import SWEEP_LOCK, devices, local_now
 from autocore.storage import Database
+from autocore.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,22 @@ UNKNOWN_TTL_S = 60.0
 #: flood of made-up uuids must not turn into a flood of queries.
 LOOKUPS_PER_S = 200.0
 LOOKUP_BURST = 200
+#: An announce identical to the device's last one within this window, while the
+#: device is online, only refreshes its presence: QoS 1 announces are never rate
+#: limited, and each one used to cost a device update and an event row.
+ANNOUNCE_REPEAT_S = 60.0
+#: Largest announce payload copied into its event row, bytes of JSON; a bigger
+#: one is summarised (up to 64 KiB each would otherwise land in event_logs).
+ANNOUNCE_EVENT_MAX_BYTES = 2048
+#: Largest capabilities list stored in devices.capabilities_json, bytes of JSON.
+CAPABILITIES_MAX_BYTES = 4096
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+#: A device's warning (deactivated, mac owned by another) is logged once per window, s.
+LOG_WINDOW_S = 60.0
+#: Warnings logged by database jobs (one thread).
+_DB_THREAD_LOGS = Throttle(LOG_WINDOW_S)
+#: ASCII control characters: PostgreSQL refuses NUL in text, and none belongs in a device row.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 
 
@@ -84,17 +101,51 @@ def find_active(conn: Connection, uuid: str) -> Any:
 
 
 def _text(value: Any, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None
+    """A device-supplied string fit for a VARCHAR(limit) column: controls removed, cut to size."""
+    return _CONTROL.sub("", value)[:limit] or None if isinstance(value, str) and value else None
+
+
+def _capabilities(value: Any) -> str:
+    """The capabilities list as JSON, cut to CAPABILITIES_MAX_BYTES whole entries."""
+    kept: list[str] = []
+    size = 2
+    for item in value if isinstance(value, list) else []:
+        entry = json.dumps(item, ensure_ascii=False)
+        size += len(entry.encode()) + 2
+        if size > CAPABILITIES_MAX_BYTES:
+            break
+        kept.append(item)
+    return json.dumps(kept, ensure_ascii=False)
+
+
+def _announce_event(data: dict[str, Any]) -> Any:
+    """What the announce's event row holds: the payload, or a summary when it is large."""
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    if len(text.encode()) <= ANNOUNCE_EVENT_MAX_BYTES:
+        return data
+    return {"truncated": True, "bytes": len(text.encode()),
+            "device_type": _text(data.get("device_type"), 50),
+            "firmware_version": _text(data.get("firmware_version"), 20)}
+
+
+#: Announce fields stored in the device row: an announce repeating them changes nothing.
+_STORED_FIELDS = ("device_type", "firmware_version", "capabilities", "ip_address", "mac_address",
+                  "hardware_revision", "hardware_version")
+
+
+def _announce_digest(data: dict[str, Any]) -> bytes:
+    stored = [data.get(name) for name in _STORED_FIELDS]
+    return hashlib.blake2b(json.dumps(stored, default=str).encode(), digest_size=16).digest()
 
 
 def upsert_announced(conn: Connection, uuid: str, data: dict[str, Any]) -> int | None:
     """Create or update the device row of an announce; None if the row is soft-deleted."""
     now = local_now()
-    device_type = data["device_type"].strip().lower()[:50] or "unknown"
+    device_type = (_text(data["device_type"].strip().lower(), 50) or "").strip() or "unknown"
     fields: dict[str, Any] = {
         "type": device_type,
         "firmware_version": _text(data.get("firmware_version"), 20),
-        "capabilities_json": json.dumps(data.get("capabilities", []), ensure_ascii=False),
+        "capabilities_json": _capabilities(data.get("capabilities", [])),
         "status": ONLINE,
         "last_seen": now,
         "updated_at": now,
@@ -110,7 +161,7 @@ def upsert_announced(conn: Connection, uuid: str, data: dict[str, Any]) -> int |
         owner = conn.execute(select(devices.c.uuid).where(devices.c.mac_address == mac.upper())).scalar()
         if owner is None or owner == uuid:
             fields["mac_address"] = mac.upper()
-        else:
+        elif _DB_THREAD_LOGS.allow((uuid, "mac_owned")):
             log.warning("device=%s announces mac %s owned by %s; mac not stored", uuid, mac, owner)
     existing = conn.execute(
         select(devices.c.id, devices.c.is_active).where(devices.c.uuid == uuid)
@@ -126,7 +177,7 @@ def upsert_announced(conn: Connection, uuid: str, data: dict[str, Any]) -> int |
             configuration_json="{}", **fields,
         ))
         device_id = int(result.inserted_primary_key[0])
-    write_event(conn, "device", uuid, "announce", payload=data)
+    write_event(conn, "device", uuid, "announce", payload=_announce_event(data))
     return device_id
 
 
@@ -243,6 +294,10 @@ class Registry:
         self._lookup_budget = RateLimiter(LOOKUPS_PER_S, LOOKUP_BURST)
         self.lookups_done = 0
         self.lookups_refused = 0
+        #: uuid -> (digest of its last announce, monotonic time), bounded like the cache.
+        self._announced: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self.announces_coalesced = 0
+        self._log_throttle = Throttle(LOG_WINDOW_S)
         #: Called with a device uuid whenever that device goes online.
         self.on_online: Callable[[str], None] | None = None
 
@@ -287,6 +342,10 @@ class Registry:
             return False
         return True
 
+    def looking_up(self, uuid: str) -> bool:
+        """True while a database look-up of ``uuid`` is under way."""
+        return uuid in self._lookups
+
     async def resolve(self, uuid: str) -> Device | None:
         """Cached device, else one (shared) database lookup; None when unknown."""
         device = self.get(uuid)
@@ -317,10 +376,24 @@ class Registry:
         return self._remember(_row_to_device(row, time.monotonic()))
 
     async def announce(self, uuid: str, data: dict[str, Any]) -> Device | None:
-        """Upsert an announced device and mark it online."""
+        """Upsert an announced device and mark it online.
+
+        A repeat of the device's last announce within ANNOUNCE_REPEAT_S, while it
+        is online, only refreshes its presence (no database write).
+        """
+        digest = _announce_digest(data)
+        now_mono = time.monotonic()
+        device = self.get(uuid)
+        last = self._announced.get(uuid)
+        if device is not None and device.status == ONLINE and last is not None and last[0] == digest \
+                and now_mono - last[1] < ANNOUNCE_REPEAT_S:
+            self.announces_coalesced += 1
+            self.seen(device)
+            return device
         device_id = await self.db.call(upsert_announced, uuid, data)
         if device_id is None:
-            log.warning("device=%s announced but is deactivated in the database; ignored", uuid)
+            if self._log_throttle.allow((uuid, "deactivated")):
+                log.warning("device=%s announced but is deactivated in the database; ignored", uuid)
             return None
         device = self.get(uuid)
         now_mono = time.monotonic()
@@ -335,6 +408,10 @@ class Registry:
             device.last_seen_monotonic = now_mono
             device.last_seen_dirty = False
         self.db.post_plain(self.db.remember_device, uuid, device_id)
+        self._announced[uuid] = (digest, now_mono)
+        self._announced.move_to_end(uuid)
+        while len(self._announced) > self.cache_size:
+            self._announced.popitem(last=False)
         if not was_online and self.on_online is not None:
             self.on_online(uuid)
         return device
