@@ -25,7 +25,7 @@ import uuid as uuidlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import String, and_, func, not_, or_, select, type_coerce, update
@@ -89,6 +89,34 @@ RECHECK_S = 1.0
 #: A ``sent`` row is timed out by whichever gateway sweeps this long after its own
 #: timeout: its sender normally resolves it first; this catches a sender that died.
 ORPHAN_GRACE_S = 5.0
+#: How far in the future a row's ``created_at`` may lie before the row is expired as
+#: of unknown age (clocks of two hosts differ a little; a Pi without a real-time
+#: clock starts after a power cut with an old time until NTP jumps it forward).
+CLOCK_SKEW_S = 60.0
+#: Rows whose first sighting is remembered (monotonic), for ages immune to clock jumps.
+SIGHTINGS_LIMIT = 10_000
+
+
+class Sightings:
+    """When this gateway first saw each row, by its monotonic clock (DB thread only).
+
+    A row's age is the larger of its wall-clock age and the time since it was
+    first seen here: a clock jumping back cannot make a held command young
+    again and fire it hours late.
+    """
+
+    def __init__(self) -> None:
+        self._first: OrderedDict[int, float] = OrderedDict()
+
+    def age_s(self, row_id: int, wall_age_s: float, now: float) -> float:
+        first = self._first.setdefault(row_id, now)
+        if len(self._first) > SIGHTINGS_LIMIT:
+            self._first.popitem(last=False)
+        return max(wall_age_s, now - first)
+
+    def keep_only(self, row_ids: set[int]) -> None:
+        for row_id in [r for r in self._first if r not in row_ids]:
+            del self._first[row_id]
 
 
 @dataclass(frozen=True)
@@ -228,6 +256,8 @@ class CommandFeed:
         self._recheck = True
         self._next_recheck = 0.0
         self._held: set[int] = set()
+        self._pending_seen = Sightings()
+        self._sent_seen = Sightings()
         self._waiting = False  # rows held, or sent and unresolved: time alone can change them
         #: False while the broker is away: rows stay ``pending`` (they may still expire)
         #: rather than be claimed and handed to a client that cannot send them.
@@ -285,18 +315,24 @@ class CommandFeed:
         outcomes: list[Outcome] = []
         held: set[int] = set()
         now = local_now()
+        now_mono = time.monotonic()
+        self._pending_seen.keep_only({row.id for row in rows})
         for row in rows:
             params = _params(row)
             problem = _problem(row, params)
             max_age = _seconds(row.max_age_s, self.default_max_age_s) or 0.0
             created_at = _moment(row.created_at)
-            expired = created_at is not None and now - created_at > timedelta(seconds=max_age)
+            wall_age_s = (now - created_at).total_seconds() if created_at is not None else 0.0
+            future = wall_age_s < -CLOCK_SKEW_S
+            expired = future or self._pending_seen.age_s(row.id, wall_age_s, now_mono) > max_age
             online = row.device_status == ONLINE
             if problem is not None:
                 status, error = FAILED, problem
             elif expired:
                 status = EXPIRED
-                error = "older than its maximum age" if online else "device offline past the command's maximum age"
+                error = ("created_at is in the future: its age is unknown (the clock changed?)" if future else
+                         "older than its maximum age" if online else
+                         "device offline past the command's maximum age")
             elif not online or not self.link:
                 if row.id not in self._held:
                     log.info("command=%s device=%s %s: held", row.command_id or row.id, row.device_uuid,
@@ -340,11 +376,14 @@ class CommandFeed:
                             .where(c.status == SENT)).all()
         self._waiting = bool(rows or self._held)
         now = local_now()
+        now_mono = time.monotonic()
+        self._sent_seen.keep_only({row.id for row in rows})
         overdue = []
         for row in rows:
             timeout_s = self._timeout_of(row)
             sent_at = _moment(row.sent_at)
-            if sent_at is None or now - sent_at > timedelta(seconds=timeout_s + ORPHAN_GRACE_S):
+            wall_age_s = (now - sent_at).total_seconds() if sent_at is not None else float("inf")
+            if self._sent_seen.age_s(row.id, wall_age_s, now_mono) > timeout_s + ORPHAN_GRACE_S:
                 overdue.append((row, timeout_s))
         if not overdue or conn.dialect.name != "postgresql":
             conn.rollback()  # SQLite: the updates start a fresh transaction
@@ -525,7 +564,9 @@ class Outbox:
             command.status, command.sent_at = SENT, _moment(row.sent_at)
             sent_at = command.sent_at or command.created_at
             remaining = command.timeout_s - (local_now() - sent_at).total_seconds()
-            self._track(command, max(0.0, remaining))
+            # A clock set back since (a reboot without a real-time clock) must not
+            # stretch the wait past the timeout itself.
+            self._track(command, min(command.timeout_s, max(0.0, remaining)))
 
     def _from_db_thread(self, claimed: list[Claimed], outcomes: list[Outcome]) -> None:
         self._loop.call_soon_threadsafe(self._accept, claimed, outcomes)

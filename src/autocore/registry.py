@@ -221,26 +221,66 @@ def write_last_seen_shared(conn: Connection, rows: list[tuple[int, datetime]]) -
     return list(came_online)
 
 
-def sweep_offline(conn: Connection, timeout_s: float) -> tuple[list[str], dict[str, str]]:
+#: Devices whose ``last_seen`` the shared-mode sweep remembers (the rest start over).
+SWEEP_MEMORY = 100_000
+
+
+class LastSeenWatch:
+    """When this gateway last saw each device's ``last_seen`` change, by its own monotonic clock.
+
+    Owned by the database thread (only sweeps touch it). Gateways sharing a
+    database do not share a clock: a Pi starts after a power cut with an old
+    time until NTP jumps it forward, and comparing another host's ``last_seen``
+    with this host's wall clock then times out devices that are talking, or
+    keeps silent ones online for hours. A value nobody rewrote for the device
+    timeout, measured here, means silence whatever the clocks say.
+    """
+
+    def __init__(self) -> None:
+        self.values: OrderedDict[str, tuple[Any, float]] = OrderedDict()
+
+    def unchanged_for(self, uuid: str, last_seen: Any, now: float) -> float:
+        """Seconds ``last_seen`` has kept this value (0 when it just changed or is new)."""
+        known = self.values.get(uuid)
+        if known is None or known[0] != last_seen:
+            self.values[uuid] = (last_seen, now)
+            self.values.move_to_end(uuid)
+            while len(self.values) > SWEEP_MEMORY:
+                self.values.popitem(last=False)
+            return 0.0
+        return now - known[1]
+
+
+def sweep_offline(conn: Connection, timeout_s: float,
+                  watch: LastSeenWatch | None = None) -> tuple[list[str], dict[str, str]]:
     """Time out silent devices from the database's ``last_seen`` (shared mode).
 
     Every gateway writes the ``last_seen`` of the devices it hears, so the
-    database is the one place that knows who went silent. On PostgreSQL one
+    database is the one place that knows who went silent: a device is timed
+    out once its ``last_seen`` has not changed for the timeout (plus the write
+    interval) by this gateway's monotonic clock, never by comparing wall
+    clocks of different hosts (see :class:`LastSeenWatch`). On PostgreSQL one
     gateway sweeps at a time (advisory lock); the update is conditional anyway.
     Returns the uuids that went offline and every device's current status.
     """
+    watch = watch if watch is not None else LastSeenWatch()
+    now = time.monotonic()
+    rows = conn.execute(select(devices.c.uuid, devices.c.status, devices.c.last_seen)
+                        .where(devices.c.type != GATEWAY_TYPE)).all()
+    statuses = {row.uuid: row.status or OFFLINE for row in rows}
+    quiet_s = timeout_s + LAST_SEEN_WRITE_S
+    silent = [row for row in rows
+              if watch.unchanged_for(row.uuid, row.last_seen, now) > quiet_s and row.status == ONLINE]
     went_offline: list[str] = []
-    if conn.dialect.name != "postgresql" or conn.exec_driver_sql(
-            f"SELECT pg_try_advisory_xact_lock({SWEEP_LOCK})").scalar():
-        cutoff = local_now() - timedelta(seconds=timeout_s + LAST_SEEN_WRITE_S)
-        went_offline = list(conn.execute(
-            update(devices).where(devices.c.status == ONLINE, devices.c.last_seen < cutoff,
-                                  devices.c.type != GATEWAY_TYPE)
-            .values(status=OFFLINE, updated_at=local_now()).returning(devices.c.uuid)).scalars().all())
-        for uuid in went_offline:
-            write_event(conn, "device", uuid, OFFLINE, payload={"reason": "timeout"})
-    statuses = {row.uuid: row.status or OFFLINE for row in conn.execute(
-        select(devices.c.uuid, devices.c.status).where(devices.c.type != GATEWAY_TYPE))}
+    if silent and (conn.dialect.name != "postgresql" or conn.exec_driver_sql(
+            f"SELECT pg_try_advisory_xact_lock({SWEEP_LOCK})").scalar()):
+        for row in silent:
+            same = devices.c.last_seen.is_(None) if row.last_seen is None else devices.c.last_seen == row.last_seen
+            if conn.execute(update(devices).where(devices.c.uuid == row.uuid, devices.c.status == ONLINE, same)
+                            .values(status=OFFLINE, updated_at=local_now())).rowcount == 1:
+                went_offline.append(row.uuid)
+                statuses[row.uuid] = OFFLINE
+                write_event(conn, "device", row.uuid, OFFLINE, payload={"reason": "timeout"})
     return went_offline, statuses
 
 
@@ -298,6 +338,7 @@ class Registry:
         self._announced: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self.announces_coalesced = 0
         self._log_throttle = Throttle(LOG_WINDOW_S)
+        self._last_seen_watch = LastSeenWatch()  # used by shared-mode sweeps, on the database thread
         #: Called with a device uuid whenever that device goes online.
         self.on_online: Callable[[str], None] | None = None
 
@@ -489,7 +530,7 @@ class Registry:
                 self.on_online(uuid)
 
     def _spawn_sweep(self) -> None:
-        future = self.db.call(sweep_offline, self.device_timeout_s)
+        future = self.db.call(sweep_offline, self.device_timeout_s, self._last_seen_watch)
         future.add_done_callback(self._swept)
 
     def _swept(self, future: asyncio.Future[tuple[list[str], dict[str, str]]]) -> None:
