@@ -388,3 +388,38 @@ def test_from_settings_is_off_by_default():
     assert isinstance(comp, compression.Compressor)
     assert (comp.mode, comp.deviation, comp.heartbeat_s, comp.max_keys) == ("deadband", 0.5, 30.0, 10)
     assert comp.deviation_for("can_rpm") == 25.0
+
+
+# -- through a running gateway -------------------------------------------------------------------
+
+
+def test_a_gateway_with_swinging_door_stores_a_ramp_by_its_ends(env) -> None:  # type: ignore[no-untyped-def]
+    """A straight ramp keeps its end points, a step is stored, held rows reach the database at shutdown.
+
+    Times are receive times: the 50 rpm deviation covers 100 ms of delivery jitter on a 500 rpm/s ramp.
+    """
+    import json
+    import time
+
+    from tests.fixtures.services import wait_for
+
+    gateway = env.gateway(AUTOCORE_COMPRESSION="swinging_door", AUTOCORE_COMPRESSION_DEVIATION="50",
+                          AUTOCORE_WRITE_INTERVAL="0.05")
+    env.register("esp32-can-001", "esp32_can")
+    device = env.peer()
+
+    def send(rpm: float) -> None:
+        body = {"protocol_version": "2.2.0", "uuid": "esp32-can-001", "timestamp": "2025-08-12T20:53:17Z",
+                "can_data": {"signals": {"rpm": {"value": rpm, "unit": "rpm"}}}}
+        device.publish("autocore/devices/esp32-can-001/telemetry", json.dumps(body).encode(), qos=1)
+
+    for n in range(20):  # a ramp of 10 rpm per message
+        send(1000 + 10 * n)
+        time.sleep(0.02)
+    send(5000)  # a step: the ramp's last point is released; the step itself is held
+    wait_for(lambda: env.rows("SELECT id FROM telemetry_data WHERE data_value = '1190.0'"),
+             what="the ramp's end point, released by the step")
+    assert gateway.stop() == 0  # shutdown stores what the filter still holds
+    values = [float(r["data_value"]) for r in env.rows("SELECT data_value FROM telemetry_data ORDER BY id")]
+    assert values[0] == 1000 and 1190 in values and values[-1] == 5000
+    assert len(values) <= 6  # 21 readings; receive-time jitter may keep a point or two of the ramp

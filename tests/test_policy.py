@@ -77,3 +77,20 @@ def test_qos0_telemetry_is_committed_once_per_interval(installed_db: Path) -> No
     finally:
         db.stop()
         db.close()
+
+
+def test_idempotency_keys_grow_with_the_device_time_so_inserts_append() -> None:
+    """A hash alone lands on a random page of the key index: one page written per QoS 1 message."""
+    from autocore.pipeline import Delivery, _dedup_key
+
+    def key(payload: bytes, timestamp: str | None) -> str:
+        return _dedup_key("esp32-can-001", Delivery("autocore/devices/esp32-can-001/telemetry", payload,
+                                                    False, 1, 7, False), timestamp)
+
+    first = key(b'{"a":1}', "2026-12-05T10:00:01.250Z")
+    assert first == key(b'{"a":1}', "2026-12-05T10:00:01.250Z")  # a redelivery finds it
+    assert first != key(b'{"a":2}', "2026-12-05T10:00:01.250Z")
+    later = [key(b'{"a":%d}' % n, f"2026-12-05T10:00:{n:02d}Z") for n in range(2, 60)]
+    assert sorted(later) == later and first < later[0]  # later messages sort after earlier ones
+    assert all(len(k) <= 64 for k in later)  # gateway_message_keys.message_key is VARCHAR(64)
+    assert len(key(b"{}", None)) == 32  # no device time: the hash alone

@@ -271,6 +271,8 @@ class Gateway:
             if now >= self._next_loss_report:
                 self._next_loss_report = now + LOSS_REPORT_S
                 self._report_buffer_losses()
+            if self.pipeline is not None:
+                self.pipeline.flush_compression(time.time())  # what silent signals still hold
             await asyncio.sleep(min(TICK_S, self.settings.heartbeat_interval_s))
 
     async def _retain(self) -> None:
@@ -313,6 +315,7 @@ class Gateway:
         # ones in our session and delivers them after the restart.
         self.pipeline.accepting = False
         await self.pipeline.drain_tasks(2.0)
+        self.pipeline.flush_compression()  # held readings are stored before the writer stops
         self.registry.flush_last_seen(force=True)
         self.outbox.stop()
         await self.outbox.drain(2.0)

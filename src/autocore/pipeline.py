@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import select
 
-from autocore import envelope, topics
+from autocore import compression, envelope, topics
 from autocore._fast import _names as kinds
 from autocore.config import Settings
 from autocore.envelope import Message, Validator
@@ -67,15 +69,21 @@ class Delivery(NamedTuple):
     generation: int = 0  # the connection it came on: its acknowledgement is valid only there
 
 
-def _dedup_key(uuid: str, delivery: Delivery) -> str:
-    """Idempotency key of a QoS 1/2 message: the same bytes from the same device on the same topic."""
+def _dedup_key(uuid: str, delivery: Delivery, timestamp: str | None = None) -> str:
+    """Idempotency key of a QoS 1/2 message: the same bytes from the same device on the same topic.
+
+    The device's own timestamp (to the second) leads the key: a redelivery
+    carries the same one, and keys that grow with time are appended at the
+    end of the key index instead of landing on a random page of it, one page
+    written per message (measured: 0.6-1.0 KB more written per reading).
+    """
     digest = hashlib.blake2b(digest_size=16)
     digest.update(uuid.encode())
     digest.update(b"\0")
     digest.update(delivery.topic.encode())
     digest.update(b"\0")
     digest.update(delivery.payload)
-    return digest.hexdigest()
+    return f"{timestamp[:19]}|{digest.hexdigest()}" if timestamp else digest.hexdigest()
 
 
 class Pipeline:
@@ -91,6 +99,8 @@ class Pipeline:
         self.publish = publish
         self.gateway_uuid = settings.gateway_uuid
         self.validator = Validator(settings.max_payload_bytes)
+        #: Historian compression of telemetry rows; None unless AUTOCORE_COMPRESSION is set.
+        self.compressor = compression.from_settings(settings)
         self.limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_burst)
         self._log_throttle = Throttle(REJECT_LOG_WINDOW_S)
         self._log_budget = RateLimiter(REJECT_LOGS_PER_S, REJECT_LOG_BURST)
@@ -311,14 +321,17 @@ class Pipeline:
         if message.skipped:
             self.metrics.skipped(message.uuid, message.skipped)
         unknown = device is None and self.registry.known_unknown(message.uuid)
+        received = local_now()
+        if rows and not unknown and self.compressor is not None:
+            rows, received = self._compress(device, message.uuid, rows)
         if rows and unknown:
             self.metrics.reject("unknown_device", message.uuid)
         elif rows:
             device_id = device.id if device else None
             if delivery.qos:
-                item = TelemetryItem(device_id, message.uuid, local_now(), rows,
+                item = TelemetryItem(device_id, message.uuid, received, rows,
                                      (delivery.mid, delivery.qos, delivery.generation),
-                                     _dedup_key(message.uuid, delivery),
+                                     _dedup_key(message.uuid, delivery, message.timestamp),
                                      delivery.dup)
                 stored = self.db.push_reliable(item)
                 deferred = True  # acknowledged after commit; never when refused (redelivered next session)
@@ -329,7 +342,7 @@ class Pipeline:
                 if self.db.reliable_backlog_high() and self.pause_intake is not None:
                     self.pause_intake()
             else:
-                item = TelemetryItem(device_id, message.uuid, local_now(), rows)
+                item = TelemetryItem(device_id, message.uuid, received, rows)
                 stored = self.db.push_telemetry(item)
             if stored:
                 self.metrics.telemetry_messages += 1
@@ -342,6 +355,34 @@ class Pipeline:
                 len(self._tasks) < MAX_PENDING_TASKS:  # presence only: never worth a backlog
             self._spawn(self._seen_later(message.uuid, delivery.retained))
         return deferred
+
+    def _compress(self, device: Any, uuid: str, rows: list[Any]) -> tuple[list[Any], datetime]:
+        """Rows of this message worth storing (historian compression), and its receive time.
+
+        Rows held from earlier messages that a straight line can no longer skip
+        are queued now, with the receive time of the message they came in.
+        """
+        assert self.compressor is not None
+        t = time.time()
+        kept, released = compression.filter_rows(self.compressor, uuid, t, rows)
+        for held_t, held_rows in released:
+            self._store_released(device.id if device else None, uuid, held_t, held_rows)
+        return kept, datetime.fromtimestamp(t)
+
+    def _store_released(self, device_id: int | None, uuid: str, t: float, rows: list[Any]) -> None:
+        if self.db.push_telemetry(TelemetryItem(device_id, uuid, datetime.fromtimestamp(t), rows)):
+            self.metrics.telemetry_rows += len(rows)
+        else:
+            self.metrics.telemetry_dropped += 1
+
+    def flush_compression(self, now: float | None = None) -> None:
+        """Queue what keys silent for a heartbeat hold (``now``: time.time()), or every held row (None)."""
+        if self.compressor is None:
+            return
+        released = self.compressor.flush() if now is None else self.compressor.expire(now)
+        for uuid, t, rows in compression.group_released(released):
+            device = self.registry.get(uuid)
+            self._store_released(device.id if device else None, uuid, t, rows)
 
     async def _seen_later(self, uuid: str, retained: bool) -> None:
         device = await self.registry.resolve(uuid)
