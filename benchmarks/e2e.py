@@ -129,7 +129,10 @@ def _publisher(host: str, port: int, uuids: list[str], rate_hz: float, duration_
                 time.sleep(max(0.0, begin + tick * period + number * slot_s - time.monotonic()))
             for uuid, client, topic in slot:
                 payload["uuid"] = uuid
-                payload["analog_sensors"] = {"bench_sent": time.time() * 1e6}
+                now = time.time()
+                # The device's clock, as firmware stamps it (same length as the template's).
+                payload["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+                payload["analog_sensors"] = {"bench_sent": now * 1e6}
                 client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=0)
                 sent += 1
         tick += 1
