@@ -50,6 +50,9 @@ TRIM_START = 0.95
 TRIM_STOP = 0.90
 #: Share of the database's file system the cap defaults to (AUTOCORE_DB_MAX_MB=auto).
 AUTO_CAP_SHARE = 0.25
+#: Sizes are measured at most this often, s, unless the cap binds (pg_database_size
+#: and statvfs are not free, and a batch of expiry changes little).
+MEASURE_EVERY_S = 5.0
 #: Event types never deleted by retention (the original maintenance script's rule).
 KEPT_EVENT_TYPES = ("error", "warning", "security", "critical")
 #: Statuses of gateway_commands rows that are finished.
@@ -113,6 +116,7 @@ class Retention:
         #: Why the size cap binds now, or None; read by /readyz and /metrics.
         self.trimming: str | None = None
         self.usage: Usage | None = None
+        self._measured = 0.0  # monotonic time of the last measure()
         # Counters (DB thread writes, anyone reads).
         self.removed: dict[str, int] = {"telemetry": 0, "telemetry_trimmed": 0, "telemetry_hourly": 0,
                                         "event_logs": 0, "gateway_commands": 0, "gateway_message_keys": 0}
@@ -123,7 +127,9 @@ class Retention:
     def step(self, conn: Connection) -> int:
         """Do the most urgent batch (in the caller's transaction); return the rows it removed."""
         now = self._clock()
-        self.usage = self.measure(conn)
+        if self.usage is None or self.trimming is not None or time.monotonic() - self._measured >= MEASURE_EVERY_S:
+            self.usage = self.measure(conn)
+            self._measured = time.monotonic()
         reason = self.usage.trim_reason(self.settings.min_free_bytes, self.trimming is not None)
         if reason != self.trimming:
             if reason is not None and self.trimming is None:
