@@ -43,6 +43,8 @@ def add_rows(engine: Any, rows: list[tuple[datetime, str, str]]) -> None:
 
 
 def run_until_idle(engine: Any, retention: Retention) -> list[int]:
+    """One round of retention, as the gateway runs it every RETENTION_CHECK_S."""
+    retention.new_round()
     batches = []
     while True:
         with engine.begin() as conn:
@@ -62,16 +64,22 @@ def counts(engine: Any) -> tuple[int, int]:
 def test_expired_rows_are_rolled_up_then_deleted_in_batches(installed_db: Path) -> None:
     engine = sqlite_engine(installed_db)
     old = NOW - timedelta(days=8)
-    add_rows(engine, [(old + timedelta(seconds=n), "can_rpm", str(1000 + n % 100)) for n in range(5000)])
+    total = 2 * BATCH_ROWS + 1000  # readings one per second from 14:30
+    add_rows(engine, [(old + timedelta(seconds=n), "can_rpm", str(1000 + n % 100)) for n in range(total)])
     add_rows(engine, [(NOW - timedelta(hours=1), "can_rpm", "5")])
     retention = Retention(engine, RetentionSettings(telemetry_s=7 * 86400), clock=lambda: NOW)
-    assert run_until_idle(engine, retention) == [BATCH_ROWS, BATCH_ROWS, 5000 - 2 * BATCH_ROWS]
-    assert counts(engine) == (1, 5000)
+    assert run_until_idle(engine, retention) == [BATCH_ROWS, BATCH_ROWS, 1000]
+    assert counts(engine) == (1, total)
     with engine.connect() as conn:
         hours = conn.execute(text("SELECT hour_timestamp, count, min_value, max_value, avg_value, unit "
                                   "FROM telemetry_hourly ORDER BY hour_timestamp")).all()
-    # 5,000 s from 14:30 cover the hours 14:00 (1,800 readings) and 15:00 (3,200).
-    assert [(str(h[0])[:19], h[1]) for h in hours] == [("2026-11-27 14:00:00", 1800), ("2026-11-27 15:00:00", 3200)]
+    expected, start = [], 30 * 60  # the first hour has 1,800 readings, the next ones 3,600
+    while start < total + 30 * 60:
+        hour = start // 3600
+        end = min((hour + 1) * 3600, total + 30 * 60)
+        expected.append((f"2026-11-27 {14 + hour - 0:02d}:00:00", end - start))
+        start = end
+    assert [(str(h[0])[:19], h[1]) for h in hours] == expected
     assert all(h[2] == 1000 and h[3] == 1099 and h[5] == "rpm" for h in hours)
     assert abs(hours[0][4] - 1049.5) < 1e-9
     engine.dispose()
@@ -195,12 +203,13 @@ def test_retention_and_cap_on_postgres(postgres_db) -> None:  # type: ignore[no-
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO telemetry_data (timestamp, device_id, data_type, data_key, data_value, unit) "
                           "VALUES (:ts, :d, 'can_bus', 'can_rpm', :v, 'rpm')"),
-                     [{"ts": hour + timedelta(seconds=n), "d": device_id, "v": str(n % 7)} for n in range(2500)]
+                     [{"ts": hour + timedelta(seconds=n % 3600), "d": device_id, "v": str(n % 7)}
+                      for n in range(BATCH_ROWS + 500)]
                      + [{"ts": NOW, "d": device_id, "v": "1"}])
     retention = Retention(engine, RetentionSettings(), clock=lambda: NOW)
     assert run_until_idle(engine, retention) == [BATCH_ROWS, 500]
     rows = postgres_db.rows("SELECT count, min_value, max_value FROM telemetry_hourly ORDER BY hour_timestamp")
-    assert [(r["count"], r["min_value"], r["max_value"]) for r in rows] == [(2500, 0, 6)]
+    assert [(r["count"], r["min_value"], r["max_value"]) for r in rows] == [(BATCH_ROWS + 500, 0, 6)]
     assert postgres_db.rows("SELECT count(*) AS n FROM telemetry_data")[0]["n"] == 1
     # A cap below the database's size trims even rows inside their retention (rolled up first).
     with engine.begin() as conn:
@@ -210,12 +219,13 @@ def test_retention_and_cap_on_postgres(postgres_db) -> None:  # type: ignore[no-
     with engine.connect() as conn:
         size = retention.measure(conn).used
     trimmer = Retention(engine, RetentionSettings(max_bytes=int(size * 0.5)), clock=lambda: NOW)
+    trimmer.new_round()
     with engine.begin() as conn:
         assert trimmer.step(conn) > 0
     assert trimmer.trimming is not None and "cap" in trimmer.trimming
     total = postgres_db.rows("SELECT (SELECT count(*) FROM telemetry_data) + "
                              "(SELECT sum(count) FROM telemetry_hourly) AS n")[0]["n"]
-    assert total == 2500 + 1 + 3000
+    assert total == BATCH_ROWS + 500 + 1 + 3000
     engine.dispose()
 
 
@@ -225,4 +235,17 @@ def test_auto_cap_is_a_quarter_of_the_file_system(installed_db: Path) -> None:
         usage = Retention(engine, RetentionSettings()).measure(conn)
     assert usage.disk_total and usage.cap == int(usage.disk_total * 0.25)
     assert usage.used <= usage.file and usage.cap > 16 * MB
+    engine.dispose()
+
+
+def test_a_kind_that_caught_up_rests_until_the_next_round(installed_db: Path) -> None:
+    """Under a steady flow a few rows expire between any two batches: no tiny batch after a partial one."""
+    engine = sqlite_engine(installed_db)
+    add_rows(engine, [(NOW - timedelta(days=8), "can_rpm", "1")] * (BATCH_ROWS + 10))
+    retention = Retention(engine, RetentionSettings(), clock=lambda: NOW)
+    assert run_until_idle(engine, retention) == [BATCH_ROWS, 10]
+    add_rows(engine, [(NOW - timedelta(days=8), "can_rpm", "1")] * 5)
+    with engine.begin() as conn:
+        assert retention.step(conn) == 0  # caught up this round: the 5 wait for the next one
+    assert run_until_idle(engine, retention) == [5]
     engine.dispose()

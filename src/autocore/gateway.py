@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 #: Period of the housekeeping tick (last_seen flush, heartbeat due check).
 TICK_S = 1.0
 #: How often retention looks for expired rows and checks the size cap, s: a row
-#: is gone within this (plus the batches before it) of expiring.
-RETENTION_CHECK_S = 10.0
+#: is gone within this (plus the batches before it) of expiring. Each round
+#: removes what expired since the last in full batches.
+RETENTION_CHECK_S = 30.0
 #: Pause between two retention batches, s: telemetry commits run meanwhile.
 RETENTION_PAUSE_S = 0.02
 #: Longest wait for the broker to acknowledge the offline status at shutdown.
@@ -278,6 +279,7 @@ class Gateway:
     async def _retain(self) -> None:
         """Remove what expired (and trim for the size cap) batch by batch, telemetry commits in between."""
         assert self.db is not None and self.retention is not None
+        self.retention.new_round()
         try:
             while await self.db.call(self.retention.step):
                 await asyncio.sleep(RETENTION_PAUSE_S)

@@ -106,6 +106,7 @@ def print_stats(engine: Engine, settings: RetentionSettings) -> None:
 
 def prune(engine: Engine, settings: RetentionSettings) -> dict[str, int]:
     retention = Retention(engine, settings)
+    retention.new_round()
     while True:
         with engine.begin() as conn:
             if not retention.step(conn):

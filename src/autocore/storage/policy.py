@@ -48,13 +48,17 @@ ACK_WINDOW_SHARE = 0.5
 
 
 def configure_sqlite(dbapi_connection: Any) -> None:
-    """Apply WAL, durable commits, checkpoint cadence and the busy timeout to a new connection."""
+    """Apply WAL, durable commits, checkpoint cadence, cheap deletes and the busy timeout to a connection."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
     cursor.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
+    # Debian's SQLite (and so Raspberry Pi OS's) overwrites deleted rows and freed
+    # pages with zeros; FAST zeroes only within pages a delete writes anyway.
+    # Without it retention wrote 4x the bytes of the telemetry it removed.
+    cursor.execute("PRAGMA secure_delete=FAST")
     cursor.close()
 
 
