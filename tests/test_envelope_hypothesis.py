@@ -219,3 +219,77 @@ def test_agree_on_random_json(topic: str, value: Any, wrap: bool, tokens: list) 
 @given(depth=st.integers(28, 40), filler=st.sampled_from(['"[', '"\\"[', "[", '{"a":']))
 def test_agree_on_deep_nesting(depth: int, filler: str) -> None:
     agree(TOPICS[0], (filler + "[" * depth + "]" * depth).encode())
+
+
+# -- fields at their column's limit and one past it, case mappings, huge channel maps ----------
+
+#: Characters whose lower- or upper-case form has another length ('İ' lowers to two
+#: code points, 'ß' uppers to two, 'ﬃ' to three): data keys are lower-cased names.
+CASE_CHANGERS = "İßﬃŉǰΐΰﬀẞǅΣσςıKÅ"
+
+
+@st.composite
+def names_near_limits(draw: Any) -> str:
+    """Sensor names around 64 code points, and names whose lower-cased key is around 100."""
+    size = draw(st.sampled_from([1, 47, 48, 49, 50, 63, 64, 65]))
+    return draw(st.text(alphabet=CASE_CHANGERS + "aZ_9", min_size=size, max_size=size))
+
+
+units_near_limits = st.integers(18, 22).flatmap(
+    lambda n: st.text(alphabet=CASE_CHANGERS + "km/h°%\x00\x7f", min_size=n, max_size=n))
+
+
+@EXAMPLES
+@given(
+    topic=st.sampled_from(ROW_TOPICS),
+    signals=st.lists(st.tuples(names_near_limits(), st.one_of(numbers, junk), st.one_of(units_near_limits, junk)),
+                     max_size=6),
+    sensors=st.lists(st.tuples(names_near_limits(), numbers), max_size=6),
+)
+def test_agree_on_names_and_units_at_their_limits(topic: str, signals: list, sensors: list) -> None:
+    text = dump(Obj([
+        ("protocol_version", "2.2.0"), ("uuid", UUIDS[0]),
+        ("can_data", Obj([("signals", Obj([(name, Obj([("value", value), ("unit", unit)]))
+                                           for name, value, unit in signals]))])),
+        ("analog_sensors", Obj(sensors)),
+    ]))
+    agree(topic, text.encode())
+
+
+@EXAMPLES
+@given(
+    keys=st.one_of(
+        st.integers(0, 5000).map(lambda n: [str(k) for k in range(n)]),  # huge maps, mostly past 16
+        st.lists(st.sampled_from(["1", "16", "17", "01", "²", "٣", "１", "-1", " 1", "1e1", "all", ""]),
+                 max_size=40),
+    ),
+    state=st.one_of(st.booleans(), st.integers(0, 1), st.none()),
+)
+def test_agree_on_huge_and_odd_channel_maps(keys: list, state: Any) -> None:
+    text = dump(Obj([("protocol_version", "2.2.0"), ("uuid", "esp32-relay-001"),
+                     ("channels", Obj([(key, state) for key in keys]))]))
+    agree("autocore/devices/esp32-relay-001/relays/state", text.encode())
+
+
+@EXAMPLES
+@given(
+    uuid_size=st.sampled_from([1, 35, 36, 37, 63, 64, 65]),
+    device_type=st.integers(0, 60).flatmap(lambda n: st.text(alphabet=CASE_CHANGERS + "esp32_\x00", min_size=n,
+                                                              max_size=n)),
+    firmware=st.integers(0, 24).flatmap(lambda n: st.text(min_size=n, max_size=n)),
+)
+def test_agree_on_announces_at_their_limits(uuid_size: int, device_type: str, firmware: str) -> None:
+    uuid = ("esp32-" + "x" * 64)[:uuid_size]
+    text = dump(Obj([("protocol_version", "2.2.0"), ("uuid", uuid), ("device_type", device_type),
+                     ("firmware_version", firmware), ("capabilities", ["relay"] * 3)]))
+    agree(f"autocore/devices/{uuid}/announce", text.encode())
+
+
+FUZZ_SEEDS = Path(__file__).parent / "fuzz" / "corpus" / "envelope"
+
+
+@pytest.mark.parametrize("seed", sorted(p.name for p in FUZZ_SEEDS.iterdir()))
+def test_agree_on_every_fuzz_seed(seed: str) -> None:
+    """The fuzz target's seeds (first byte: the topic) give both builds the same record."""
+    data = (FUZZ_SEEDS / seed).read_bytes()
+    agree(TOPICS[data[0] % len(TOPICS)], data[1:])
