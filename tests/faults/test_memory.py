@@ -68,14 +68,14 @@ def test_a_channel_key_that_isdigit_but_is_not_a_number_is_skipped(env) -> None:
 #: The memory bound of the issue: whatever valid MQTT arrives, from any number of uuids.
 RSS_LIMIT_MB = 80.0
 FLOOD_S = 60.0
-FLOOD_RATE_HZ = 1500
+FLOOD_RATE_HZ = 1000
 FLOOD_MAX_MESSAGES = int(FLOOD_S * FLOOD_RATE_HZ)
 ENVELOPE = {"protocol_version": "2.2.0", "timestamp": "2025-08-12T20:53:17Z"}
 
 
 def flood_message(n: int) -> tuple[str, bytes, int]:
     """The n-th message of the flood: every kind a device sends, from a new uuid every few messages."""
-    uuid = f"ghost-{n // 3:06d}"  # 30,000 distinct uuids
+    uuid = f"ghost-{n // 2:06d}"  # 30,000 distinct uuids
     kind = n % 10
     qos = 1 if n % 4 == 0 else 0
     body: dict[str, object] = {**ENVELOPE, "uuid": uuid}
@@ -140,9 +140,10 @@ def test_a_minute_of_valid_traffic_from_made_up_devices_stays_under_80_mb(env) -
             if sent % 150 == 0:  # paced: FLOOD_RATE_HZ on average
                 time.sleep(max(0.0, started + sent / FLOOD_RATE_HZ - time.monotonic()))
         flood_s = time.monotonic() - started
-        # A known device's reading after the flood is stored: the gateway kept working.
+        # A known device's reading after the flood is stored: the gateway kept working
+        # (on a busy machine it may still be working through what the broker queued).
         flooder.publish("autocore/devices/esp32-can-001/telemetry", GOOD_CAN, qos=1).wait_for_publish(30)
-        wait_for(lambda: env.rows("SELECT id FROM telemetry_data WHERE data_key='can_rpm'"), timeout_s=120,
+        wait_for(lambda: env.rows("SELECT id FROM telemetry_data WHERE data_key='can_rpm'"), timeout_s=300,
                  what="the known device's reading after the flood")
         time.sleep(3.0)
     finally:
@@ -151,8 +152,8 @@ def test_a_minute_of_valid_traffic_from_made_up_devices_stays_under_80_mb(env) -
         flooder.disconnect()
         flooder.loop_stop()
     peak = max(samples)
-    print(f"flood: {sent} messages in {flood_s:.1f} s; RSS first {samples[0]:.1f} MB, peak {peak:.1f} MB, "
-          f"last {samples[-1]:.1f} MB")
+    print(f"flood: {sent} messages in {flood_s:.1f} s, drained {time.monotonic() - started - flood_s:.1f} s "
+          f"later; RSS first {samples[0]:.1f} MB, peak {peak:.1f} MB, last {samples[-1]:.1f} MB")
     assert flood_s >= FLOOD_S * 0.9, "the flood was cut short"
     assert peak <= RSS_LIMIT_MB, f"RSS peaked at {peak:.1f} MB"
     assert gateway.alive() and "Traceback" not in gateway.log
