@@ -40,6 +40,7 @@ have_postgres() {
 ensure_mosquitto() { have_mosquitto || apt_install mosquitto mosquitto-clients; }
 ensure_postgres() { have_postgres || apt_install postgresql; }
 ensure_openssl() { command -v openssl >/dev/null 2>&1 || apt_install openssl; }  # TLS test certificates
+ensure_faketime() { compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || apt_install faketime; }  # clock-jump tests
 # LazyFS for the power-cut tests, built once from ../shared into a cache (its script
 # apt-gets fuse3 and the build tools); without ../shared those tests skip and say why.
 ensure_lazyfs() {
@@ -107,6 +108,7 @@ case "$cmd" in
         ensure_mosquitto
         ensure_postgres
         ensure_openssl
+        ensure_faketime
         ensure_lazyfs
         ensure_venv "$VENV" compiled
         ensure_venv "$VENV-pure" pure

@@ -54,7 +54,7 @@ def test_a_command_in_flight_when_the_broker_freezes_is_not_resent_after_its_tim
     env.broker = broker_factory()
     gateway = env.gateway(MESSAGE_TIMEOUT="2")
     env.register("esp32-relay-001")
-    board = boards(env.broker, "esp32-relay-001")
+    boards(env.broker, "esp32-relay-001")  # subscribed, so the command has a taker
     go_online(env, "esp32-relay-001")
     pid = env.broker.pid
     assert pid is not None
