@@ -50,6 +50,13 @@ LOOKUP_BURST = 200
 #: device is online, only refreshes its presence: QoS 1 announces are never rate
 #: limited, and each one used to cost a device update and an event row.
 ANNOUNCE_REPEAT_S = 60.0
+#: New device rows an announce may create, per second and in a burst: a vehicle's
+#: modules all announce at first boot, while a flood of made-up uuids must not grow
+#: the devices table without bound.
+NEW_DEVICES_PER_S = 10 / 60
+NEW_DEVICE_BURST = 100
+#: What upsert_announced returns when the budget refused a new device.
+NOT_CREATED = 0
 #: Largest announce payload copied into its event row, bytes of JSON; a bigger
 #: one is summarised (up to 64 KiB each would otherwise land in event_logs).
 ANNOUNCE_EVENT_MAX_BYTES = 2048
@@ -138,8 +145,12 @@ def _announce_digest(data: dict[str, Any]) -> bytes:
     return hashlib.blake2b(json.dumps(stored, default=str).encode(), digest_size=16).digest()
 
 
-def upsert_announced(conn: Connection, uuid: str, data: dict[str, Any]) -> int | None:
-    """Create or update the device row of an announce; None if the row is soft-deleted."""
+def upsert_announced(conn: Connection, uuid: str, data: dict[str, Any], create: bool = True) -> int | None:
+    """Create or update the device row of an announce; None if the row is soft-deleted.
+
+    With ``create`` False an announce of a uuid not in the table creates nothing
+    and returns NOT_CREATED (the new-device budget is spent).
+    """
     now = local_now()
     device_type = (_text(data["device_type"].strip().lower(), 50) or "").strip() or "unknown"
     fields: dict[str, Any] = {
@@ -171,6 +182,8 @@ def upsert_announced(conn: Connection, uuid: str, data: dict[str, Any]) -> int |
             return None
         conn.execute(update(devices).where(devices.c.id == existing.id).values(**fields))
         device_id = int(existing.id)
+    elif not create:
+        return NOT_CREATED
     else:
         result = conn.execute(insert(devices).values(
             uuid=uuid, name=f"Device {device_type}"[:100], created_at=now, is_active=True,
@@ -332,6 +345,8 @@ class Registry:
         self._peers: set[str] = set()  # uuids of other gateways' rows
         self._last_seen_flushed = time.monotonic()
         self._lookup_budget = RateLimiter(LOOKUPS_PER_S, LOOKUP_BURST)
+        self._new_devices = RateLimiter(NEW_DEVICES_PER_S, NEW_DEVICE_BURST)
+        self.devices_refused = 0  # announces that would have created a device past the budget
         self.lookups_done = 0
         self.lookups_refused = 0
         #: uuid -> (digest of its last announce, monotonic time), bounded like the cache.
@@ -431,7 +446,15 @@ class Registry:
             self.announces_coalesced += 1
             self.seen(device)
             return device
-        device_id = await self.db.call(upsert_announced, uuid, data)
+        create = device is not None or self._new_devices.allow("")
+        device_id = await self.db.call(upsert_announced, uuid, data, create)
+        if device_id == NOT_CREATED:
+            self.devices_refused += 1
+            if self._log_throttle.allow(("", "new_device_budget")):
+                log.warning("device=%s announced, but more new devices announced than %d at once and %g a "
+                            "minute: not created (%d refused so far)", uuid, NEW_DEVICE_BURST,
+                            NEW_DEVICES_PER_S * 60, self.devices_refused)
+            return None
         if device_id is None:
             if self._log_throttle.allow((uuid, "deactivated")):
                 log.warning("device=%s announced but is deactivated in the database; ignored", uuid)

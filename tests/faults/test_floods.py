@@ -143,3 +143,32 @@ def test_telemetry_from_made_up_uuids_costs_a_bounded_number_of_lookups(installe
     assert [r["device_id"] for r in rows] == [query(installed_db, "SELECT id FROM devices WHERE uuid='esp32-can-001'")[0]["id"]]
     assert len(query(installed_db, "SELECT id FROM telemetry_data")) >= 5 * 3
     assert metrics.rejected_by_reason["unknown_device"] > 0
+
+
+def test_announces_from_made_up_uuids_create_a_bounded_number_of_devices(installed_db: Path) -> None:
+    """Each made-up uuid's announce created a devices row: a flood grew the shared table without bound."""
+    from autocore.registry import NEW_DEVICE_BURST
+
+    register(str(installed_db), "esp32-relay-001", status="offline")
+
+    async def scenario() -> int:
+        world = await World.start(str(installed_db))
+        try:
+            for n in range(NEW_DEVICE_BURST + 150):
+                uuid = f"ghost-{n:05d}"
+                world.pipeline.handle(f"autocore/devices/{uuid}/announce",
+                                      envelope(uuid, device_type="esp32_relay", firmware_version="1.0.0",
+                                               capabilities=[]), False, 1, n + 1)
+                if n % 50 == 0:
+                    await world.settle()
+            world.pipeline.handle(ANNOUNCE, announce(capabilities=4), False, 1, 10_000)  # a known board
+            await world.settle()
+            return world.registry.devices_refused
+        finally:
+            await world.close()
+
+    refused = asyncio.run(scenario())
+    ghosts = query(installed_db, "SELECT count(*) AS n FROM devices WHERE uuid LIKE 'ghost-%'")[0]["n"]
+    assert ghosts <= NEW_DEVICE_BURST + 2 and refused >= 148  # the budget refills 10 a minute
+    [board] = query(installed_db, "SELECT status FROM devices WHERE uuid='esp32-relay-001'")
+    assert board["status"] == "online"  # a device already in the table is never refused
