@@ -692,3 +692,36 @@ def test_compiled_build_is_used_when_expected() -> None:
         pytest.skip("AUTOCORE_EXPECT_EXTENSIONS is not set")
     _fast.load(_fast.CYTHON)
     assert _fast.IMPLEMENTATIONS["envelope"] == _fast.CYTHON
+
+
+# -- column limits of telemetry_data ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("unit", "kept"), [
+    ("u" * 20, True), ("u" * 21, False), ("é" * 20, True), ("k\u0000m/h", False), ("km\nh", False), ("", True),
+])
+def test_a_unit_past_varchar_20_or_with_a_control_skips_its_signal(
+        impl: _fast.Implementation, unit: str, kept: bool) -> None:
+    """PostgreSQL refuses both (``unit`` is VARCHAR(20), NUL is no text); truncating would change data."""
+    message = accepted(impl, TELEMETRY_TOPIC, telemetry(
+        can_data={"signals": {"rpm": {"value": 1}, "speed": {"value": 2, "unit": unit}}}))
+    assert [row[1] for row in message.rows] == (["can_rpm", "can_speed"] if kept else ["can_rpm"])
+    assert message.skipped == (0 if kept else 1)
+    if kept:
+        assert message.rows[1][3] == unit
+
+
+@pytest.mark.parametrize(("section", "prefix"), [("can_data", "can_"), ("analog_sensors", "analog_")])
+def test_a_data_key_that_lower_case_lengthens_past_varchar_100_skips_its_signal(
+        impl: _fast.Implementation, section: str, prefix: str) -> None:
+    """'İ' lower-cases to two code points: a 64-character name can make a 130-character key."""
+    fits = (100 - len(prefix)) // 2  # names whose key is at most 100 characters
+    names = ["\u0130" * fits, "\u0130" * (fits + 1)]
+    if section == "can_data":
+        payload = telemetry(can_data={"signals": {name: {"value": 1} for name in names}})
+    else:
+        payload = telemetry(analog_sensors={name: 1 for name in names})
+    message = accepted(impl, TELEMETRY_TOPIC, payload)
+    assert [row[1] for row in message.rows] == [prefix + names[0].lower()]
+    assert len(message.rows[0][1]) in (99, 100)
+    assert message.skipped == 1

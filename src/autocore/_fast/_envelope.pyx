@@ -501,36 +501,32 @@ cdef object _number_text(Element value):
     return None
 
 
+cdef Py_ssize_t _plain_characters(const char *data, size_t length) noexcept:
+    """Code points of UTF-8 text (as ``len(str)`` counts them), or -1 if it holds an ASCII control."""
+    cdef size_t index
+    cdef Py_ssize_t characters = 0
+    cdef unsigned char byte
+    for index in range(length):
+        byte = <unsigned char>data[index]
+        if byte < 0x20 or byte == 0x7F:
+            return -1
+        if (byte & 0xC0) != 0x80:
+            characters += 1
+    return characters
+
+
 cdef bint _sensor_name_ok(const char *data, size_t length) noexcept:
     """Accept names of 1-64 characters (code points, as ``len(str)`` counts) without ASCII controls.
 
     A NUL or a line break in a ``data_key`` would reach the Config App and its
     logs; a real sensor is never named that way.
     """
-    cdef size_t index
-    cdef size_t characters = 0
-    cdef unsigned char byte
-    for index in range(length):
-        byte = <unsigned char>data[index]
-        if byte < 0x20 or byte == 0x7F:
-            return False
-        if (byte & 0xC0) != 0x80:
-            characters += 1
-    return 0 < characters <= _MAX_SENSOR_NAME_LENGTH
+    return 0 < _plain_characters(data, length) <= _MAX_SENSOR_NAME_LENGTH
 
 
 cdef bint _unit_ok(const char *data, size_t length) noexcept:
     """Accept units of at most 20 characters without ASCII controls (PostgreSQL refuses NUL)."""
-    cdef size_t index
-    cdef size_t characters = 0
-    cdef unsigned char byte
-    for index in range(length):
-        byte = <unsigned char>data[index]
-        if byte < 0x20 or byte == 0x7F:
-            return False
-        if (byte & 0xC0) != 0x80:
-            characters += 1
-    return characters <= _MAX_UNIT_LENGTH
+    return 0 <= _plain_characters(data, length) <= _MAX_UNIT_LENGTH
 
 
 cdef str _sensor_key(str prefix, const char *data, size_t length):
