@@ -71,6 +71,8 @@ GATEWAY_START_TIMEOUT_S = 30.0
 #: against the subscriber's delayed ACKs that held 5 % of deliveries for ~40 ms at 500 msg/s
 #: (a raw paho subscriber's p95: 41.7 ms with the default, see benchmarks/README.md).
 LIVE_BROKER_CONFIG = ["set_tcp_nodelay true"]
+#: Settings given to every gateway the benchmark starts (``--env KEY=VALUE``).
+GATEWAY_ENV: dict[str, str] = {}
 #: Gateway variants by name; the "-asyncio" ones force the stdlib loop although uvloop is installed.
 BUILDS = {
     "compiled": {},
@@ -283,6 +285,7 @@ def spawn_gateway(broker: Mosquitto, db_path: Path, build: str, workdir: Path,
     env.update({"MQTT_BROKER": broker.host, "MQTT_PORT": str(broker.port), "DATABASE_PATH": str(db_path),
                 "LOG_FILE": "", "LOG_LEVEL": "WARNING", "AUTOCORE_RATE_LIMIT": "0",
                 "AUTOCORE_METRICS_PORT": str(metrics_port)})
+    env.update(GATEWAY_ENV)
     env.update(extra_env or {})
     log = open(workdir / f"gateway-{build}.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "autocore", "run", "--env-file", "/dev/null"], env=env,
@@ -1044,7 +1047,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commands", type=int, default=0, help="command rows to time (pick-up latency)")
     parser.add_argument("--smoke", action="store_true", help="a few seconds; exits 1 if nothing is stored")
     parser.add_argument("--json", type=Path, default=None, help="append JSON lines to this file")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every gateway started (e.g. AUTOCORE_WRITE_INTERVAL=0.02)")
     args = parser.parse_args(argv)
+    for pair in args.env:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            parser.error(f"--env takes KEY=VALUE, not {pair!r}")
+        GATEWAY_ENV[key] = value
     builds = [b for b in args.builds.split(",") if b]
     results: list[Result] = []
 
