@@ -140,7 +140,7 @@ def test_collector_exports_the_pipeline_counters() -> None:
 
 def test_collector_exports_both_rings_and_the_writer(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'unused.db'}")
-    db = Database(engine, Ring(16, "drop_oldest"), 10, 1.0, Ring(8, "reject"))
+    db = Database(engine, Ring(16, "drop_oldest"), 10, 1.0, Ring(8, "reject"), write_interval_s=0.05)
     for n in range(20):  # 4 more than fit: the oldest are dropped
         db.ring.push(n)
     db.reliable_ring.offer("qos1")

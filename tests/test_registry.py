@@ -17,7 +17,7 @@ def run_with_registry(db_path: Path, body, cache_size: int = 8):  # type: ignore
     async def main():  # type: ignore[no-untyped-def]
         engine = open_engine(Settings.from_env({"DATABASE_PATH": str(db_path)}, env_file=None))
         ensure_schema(engine)
-        db = Database(engine, Ring(100), 10, 0.1)
+        db = Database(engine, Ring(100), 10, 0.1, write_interval_s=0.05)
         db.start()
         try:
             registry = Registry(db, cache_size, 300, "autocore-gateway")

@@ -32,7 +32,7 @@ def database(installed_db: Path):  # type: ignore[no-untyped-def]
         with sqlite3.connect(installed_db) as conn:
             conn.execute("INSERT INTO devices (id, uuid, name, type, status, is_active) "
                          "VALUES (7, 'esp32-can-001', 'CAN', 'esp32_can', 'online', 1)")
-        db = Database(engine, Ring(1000), batch_rows, flush_interval_s)
+        db = Database(engine, Ring(1000), batch_rows, flush_interval_s, write_interval_s=0.05)
         db.start()
         made.append(db)
         return db

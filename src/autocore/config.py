@@ -198,7 +198,7 @@ KEYS: tuple[Key, ...] = (
     Key("AUTOCORE_RATE_BURST", "rate_burst", "100", _integer(1), "burst allowance per device, messages"),
     Key("AUTOCORE_HEARTBEAT_INTERVAL", "heartbeat_interval_s", "30", _number(0),
         "gateway heartbeat and offline sweep period, s"),
-    Key("AUTOCORE_WRITE_INTERVAL", "write_interval_s", "1", _number(0, lo_inclusive=True),
+    Key("AUTOCORE_WRITE_INTERVAL", "write_interval_s", "60", _number(0, lo_inclusive=True),
         "shortest time between two telemetry commits, s: the latency/SD-card wear knob "
         "(QoS 1/2 backlogs commit sooner)"),
     Key("AUTOCORE_RING_CAPACITY", "ring_capacity", "20000", _integer(16, 10_000_000),

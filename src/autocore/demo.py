@@ -36,6 +36,9 @@ TELEMETRY_PERIOD_S = 0.1
 #: The display stops talking after this long, to show an offline transition.
 SILENT_AFTER_S = 1.0
 DEMO_DEVICE_TIMEOUT_S = 3.0
+#: The demo commits every second so rows can be watched arriving; the gateway's default
+#: (AUTOCORE_WRITE_INTERVAL=60) spares an SD card instead.
+DEMO_WRITE_INTERVAL_S = 1.0
 
 
 class SimulatedDevice:
@@ -259,7 +262,8 @@ def run_demo(duration_s: float = 10.0, devices: int = 3, env_file: str | None = 
         settings = load_settings(
             env_file, mqtt_broker=host, mqtt_port=port, database_path=str(db_path),
             database_url=None, create_database=True, device_timeout_s=DEMO_DEVICE_TIMEOUT_S,
-            heartbeat_interval_s=0.5, telemetry_flush_interval_s=0.5, log_file="", metrics_port=0,
+            heartbeat_interval_s=0.5, telemetry_flush_interval_s=0.5, write_interval_s=DEMO_WRITE_INTERVAL_S,
+            log_file="", metrics_port=0,
             gateway_uuid="autocore-gateway",
         )
         print(f"Simulating {devices} telemetry devices and a display for {duration_s:g} s "
