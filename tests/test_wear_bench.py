@@ -24,7 +24,9 @@ def test_wear_smoke_run_measures_a_window(tmp_path: Path, qos: int) -> None:
     results = tmp_path / "wear.jsonl"
     run = subprocess.run(
         [sys.executable, "benchmarks/wear.py", "--loads", "5x5", "--runs", "1", "--warmup", "1",
-         "--window", "3", "--qos", str(qos), "--dir", str(tmp_path), "--any-fs", "--json", str(results)],
+         "--window", "3", "--qos", str(qos), "--dir", str(tmp_path), "--any-fs", "--json", str(results),
+         # commits within a 3 s window (the default interval, 60 s, would hold them all past it)
+         "--env", "AUTOCORE_WRITE_INTERVAL=0.2"],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     single, median = (json.loads(line) for line in results.read_text().splitlines())
