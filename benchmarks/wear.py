@@ -124,6 +124,11 @@ from benchmarks.e2e import (  # noqa: E402
 LOADS = "30x0.1,10x10,50x10,50x100"
 #: Seconds of load before the window opens: devices come online, caches and the WAL fill.
 WARMUP_S = 5.0
+#: The window opens at least this long after every device has sent once (one period of the load).
+#: A device's first message turns it online: a status change and an event row in a commit of
+#: their own, six pages at once. At 0.1 Hz a 5 s warm-up left half the devices to come online
+#: inside the window: about 230 B per reading of a 45 s window at 3 msg/s, 40-80 B of a 240 s one.
+ONLINE_MARGIN_S = 2.0
 #: Seconds of the measured window. 4 loads x 3 runs of one configuration take about 12 minutes.
 WINDOW_S = 45.0
 #: Seconds the publishers go on after the window closes, so the window ends under full load.
@@ -165,6 +170,14 @@ class Load:
     @property
     def per_s(self) -> float:
         return self.devices * self.rate_hz
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+    def warmup_s(self, least_s: float) -> float:
+        """Seconds of load before the window: ``least_s``, and long enough for every device to be online."""
+        return max(least_s, self.period_s + ONLINE_MARGIN_S)
 
     @property
     def label(self) -> str:
@@ -411,6 +424,7 @@ def run_once(load: Load, config: str, env: dict[str, str], qos: int, payload: st
     """Start a broker and the gateway on a fresh database, load it, and measure one window."""
     result = WearResult("wear", config, load.label, load.devices, load.rate_hz, qos, payload, fs, window_s,
                         prefilled)
+    result.extra["warmup_s"] = warmup_s
     workdir = Path(tempfile.mkdtemp(prefix="autocore-wear-", dir=folder))
     db_path = workdir / "autocore.db"
     make_database(db_path, load.devices)
@@ -487,7 +501,7 @@ def summarise(result: WearResult, start: Snapshot, end: Snapshot, readings: int,
     result.file_growth_per_reading = round(grown / per, 1)
     if start.batches is not None and end.batches is not None:
         batches = end.batches - start.batches
-        result.commits_per_s = round(batches / elapsed, 1)
+        result.commits_per_s = round(batches / elapsed, 3)
         result.readings_per_commit = round(readings / batches, 1) if batches else None
     result.cpu_us_per_message = round((end.cpu_s - start.cpu_s) / max(messages, 1) * 1e6, 1)
     result.cpu_percent = round(100 * (end.cpu_s - start.cpu_s) / elapsed, 1)
@@ -564,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="full: 12 readings per message; can: e2e's CAN telemetry, 4")
     parser.add_argument("--build", choices=sorted(e2e.BUILDS), default="compiled")
     parser.add_argument("--runs", type=int, default=3, help="runs per load and configuration (medians)")
-    parser.add_argument("--warmup", type=float, default=WARMUP_S, help="seconds of load before the window")
+    parser.add_argument("--warmup", type=float, default=WARMUP_S, help="seconds of load before the window (at least one period of the load + 2)")
     parser.add_argument("--window", type=float, default=WINDOW_S, help="seconds measured per run")
     parser.add_argument("--prefill", type=int, default=PREFILL_READINGS,
                         help="readings stored before the gateway starts (0: an empty table)")
@@ -594,8 +608,9 @@ def main(argv: list[str] | None = None) -> int:
         runs: dict[str, list[WearResult]] = {config: [] for config in configs}
         for _ in range(args.runs):  # configurations interleaved, so a busy spell hits all alike
             for config, env in configs.items():
-                result = run_once(load, config, env, args.qos, args.payload, args.build, args.warmup,
-                                  args.window, args.prefill, args.dir, fs, args.keep)
+                result = run_once(load, config, env, args.qos, args.payload, args.build,
+                                  load.warmup_s(args.warmup), args.window, args.prefill, args.dir, fs,
+                                  args.keep)
                 report(result, args.json)  # type: ignore[arg-type]  (any dataclass with ``extra``)
                 runs[config].append(result)
         for config_runs in runs.values():
