@@ -25,6 +25,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from autocore._fast import decode_frames
+from autocore._fast._frames_py import PAHO
 from autocore.config import Settings
 from autocore.errors import BrokerError
 
@@ -51,15 +53,21 @@ TAKEOVER_HINT_EVERY = 20
 
 #: Bytes taken from the socket per recv(): one system call serves many packets.
 RECV_CHUNK_BYTES = 64 * 1024
+#: Socket reads one wake-up may decode before the loop serves its other callbacks.
+READS_PER_WAKEUP = 4
 #: Room for the packet header, the topic and properties above the payload limit in
 #: the Maximum Packet Size announced at CONNECT (topics are at most 256 bytes here).
 PACKET_HEADROOM_BYTES = 4096
 
 #: Receives each message: (topic, payload, retained, qos, mid, dup). The topic is
-#: the raw bytes when it was decoded here, a str when paho decoded it.
+#: the raw bytes when it is not valid UTF-8.
 PublishHandler = Callable[[str | bytes, bytes, bool, int, int, bool], None]
+#: Receives a batch from ``decode_frames``: topic, payload, header byte, packet id per message.
+BatchHandler = Callable[[list[Any]], None]
 
 _PUBLISH = 0x30
+_PUBACK = 0x40
+_PUBACK_HEADER = bytes((_PUBACK, 2))
 _MS_WAIT_FOR_PUBACK = mqtt.MessageState.MQTT_MS_WAIT_FOR_PUBACK
 _MS_WAIT_FOR_PUBREC = mqtt.MessageState.MQTT_MS_WAIT_FOR_PUBREC
 _MS_WAIT_FOR_PUBCOMP = mqtt.MessageState.MQTT_MS_WAIT_FOR_PUBCOMP
@@ -69,9 +77,9 @@ _MS_RESEND_PUBREL = mqtt.MessageState.MQTT_MS_RESEND_PUBREL
 #: range): it reads and writes paho internals that other releases lay out
 #: differently (``_last_bytes_received`` appeared in 2.2).
 PAHO_TESTED = ((2, 2), (2, 3))
-#: paho internals the receive buffer, the plain-PUBLISH decoder and ``withdraw`` use.
+#: paho internals the receive buffer, the frame decoder, ``ack_many`` and ``withdraw`` use.
 PAHO_INTERNALS = ("_in_packet", "_msgtime_mutex", "_last_bytes_received", "_protocol", "_sock",
-                  "_out_messages", "_out_message_mutex", "_inflight_messages", "_out_packet")
+                  "_out_messages", "_out_message_mutex", "_inflight_messages", "_out_packet", "_packet_queue")
 
 
 def paho_version() -> tuple[int, ...]:
@@ -108,28 +116,45 @@ def _no_delay(sock: Any) -> None:
 
 
 class _BufferedClient(mqtt.Client):
-    """paho with a receive buffer: paho asks the socket for each packet's header
-    byte, length bytes and body separately (three or more recv() calls per
-    message); reading 64 KiB at a time and serving those requests from memory
-    cut the receive cost of a minimal subscriber by 10-25 % on the benchmark
-    machine. The buffer also lets plain PUBLISH packets be decoded here
-    (``_read_plain_publish``); everything else is paho's own code.
+    """paho with a receive buffer and a batch decoder for PUBLISH frames.
+
+    paho asks the socket for each packet's header byte, length bytes and body
+    separately (three or more recv() calls per message) and then spends most
+    of its time on what a telemetry message does not need. Here the socket is
+    read 64 KiB at a time and ``decode_frames`` (compiled, with a pure twin)
+    turns every whole QoS 0/1 PUBLISH of the buffer into a batch for
+    ``on_publishes``, in one call. It stops at any other frame, which paho
+    reads from the buffer and handles as always (CONNACK, SUBACK, PUBACK,
+    PINGRESP, QoS 2 and its handshake, anything malformed), so paho still owns
+    every protocol state and error. A frame cut by the end of a read stays in
+    the buffer and is completed by the next one.
     """
 
     _rx = b""
     _rx_pos = 0
+    #: True while the buffer holds only the start of a frame: the socket must be read first.
+    _rx_need_more = False
     #: The last TLS error met while reading (a rejected client certificate shows only here).
     last_tls_error: str | None = None
+    #: Receives each batch of PUBLISH messages ``decode_frames`` decoded (set by MqttClient);
+    #: None leaves every packet to paho.
+    on_publishes: Callable[[list[Any]], None] | None = None
+    #: Frames longer than this are left to paho rather than buffered here (set by MqttClient).
+    max_frame_bytes = 1 << 28
+    #: The build of the frame decoder in use (tests swap in the other one).
+    decode_frames = staticmethod(decode_frames)
 
     def _fill(self) -> bytes:
-        """Take the next chunk from the socket into the buffer; b"" when the broker closed it."""
+        """Append the next chunk from the socket to what is left of the buffer; b"" when the broker closed it."""
         try:
             data = super()._sock_recv(RECV_CHUNK_BYTES)  # BlockingIOError when nothing is there
         except ssl.SSLError as exc:
             self.last_tls_error = str(exc)
             raise
         if data:
-            self._rx, self._rx_pos = data, 0
+            tail = self._rx[self._rx_pos:] if self._rx_pos < len(self._rx) else b""
+            self._rx, self._rx_pos = (tail + data if tail else data), 0
+            self._rx_need_more = False
         return data
 
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -139,86 +164,45 @@ class _BufferedClient(mqtt.Client):
         self._rx_pos += len(chunk)
         return chunk
 
-    #: Receives the PUBLISH packets decoded by ``_read_plain_publish`` (set by MqttClient).
-    plain_publish: PublishHandler | None = None
-
     def _packet_read(self) -> mqtt.MQTTErrorCode:
-        if self.plain_publish is not None and self._in_packet["command"] == 0:
-            if self._rx_pos >= len(self._rx):
-                # Refill here, or the first packet of every chunk would take paho's path.
-                try:
-                    self._fill()
-                except BlockingIOError:
-                    return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
-                except OSError:
-                    pass  # paho's read meets the same error and reports it
-            rc = self._read_plain_publish()
-            if rc is not None:
-                return rc
-        return super()._packet_read()
-
-    def _read_plain_publish(self) -> mqtt.MQTTErrorCode | None:
-        """Decode one whole QoS 0/1 PUBLISH without properties straight from the buffer.
-
-        That is every telemetry message, and paho's general path spends most of
-        its time on what such a packet does not need: an MQTT 5 ``Properties``
-        object, an ``MQTTMessage`` with its own ``threading.Condition``, struct
-        formats built per packet, three locks and a DEBUG log line. Anything
-        else (QoS 2, properties, a packet not yet whole, other packet types,
-        anything malformed) returns None and goes to paho's own code, so paho
-        still owns every protocol state and error.
-        """
-        rx, pos = self._rx, self._rx_pos
-        end = len(rx)
-        if pos >= end:
-            return None
-        header = rx[pos]
-        qos = (header >> 1) & 0x03
-        if header & 0xF0 != _PUBLISH or qos > 1:
-            return None
-        length, shift, at = 0, 0, pos + 1
-        while True:  # remaining length: up to four 7-bit groups
-            if at >= end or shift > 21:
-                return None
-            byte = rx[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        stop = at + length
-        if stop > end or length < 2:
-            return None
-        topic_end = at + 2 + ((rx[at] << 8) | rx[at + 1])
-        if topic_end == at + 2 or topic_end > stop:  # empty topic (an alias): paho's
-            return None
-        mid = 0
-        body = topic_end
-        if qos:
-            if body + 2 > stop:
-                return None
-            mid = (rx[body] << 8) | rx[body + 1]
-            body += 2
-        if self._protocol == mqtt.MQTTv5:
-            if body >= stop or rx[body] != 0:  # properties present
-                return None
-            body += 1
-        self._rx_pos = stop
-        with self._msgtime_mutex:
-            self._last_bytes_received = mqtt.time_func()  # paho's keepalive clock
-        self.plain_publish(rx[at + 2:topic_end], rx[body:stop], bool(header & 0x01), qos, mid,
-                           bool(header & 0x08))
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        if self.on_publishes is None or self._in_packet["command"] != 0:
+            return super()._packet_read()  # paho's path, or paho is inside a packet it started
+        mqtt5 = self._protocol == mqtt.MQTTv5
+        fills = 0
+        while True:
+            messages, self._rx_pos, status = self.decode_frames(self._rx, self._rx_pos, mqtt5,
+                                                                self.max_frame_bytes)
+            if messages:
+                with self._msgtime_mutex:
+                    self._last_bytes_received = mqtt.time_func()  # paho's keepalive clock
+                self.on_publishes(messages)
+            if status == PAHO:
+                return super()._packet_read()  # a whole frame: paho reads it from the buffer
+            self._rx_need_more = True
+            if fills == READS_PER_WAKEUP:
+                return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # the socket stays readable: the loop comes back
+            fills += 1
+            try:
+                if not self._fill():
+                    return super()._packet_read()  # closed: paho reports it
+            except BlockingIOError:
+                return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError:
+                return super()._packet_read()  # paho's read meets the same error and reports it
 
     def has_buffered(self) -> bool:
-        """True while bytes already read from the socket wait to be parsed (here or in TLS)."""
-        if self._rx_pos < len(self._rx):
+        """True while bytes already read from the socket wait to be parsed (here or in TLS).
+
+        A frame cut short does not count once the socket had nothing more for
+        it: it waits for the socket to become readable again.
+        """
+        if self._rx_pos < len(self._rx) and not self._rx_need_more:
             return True
         pending = getattr(self._sock, "pending", None)
         return bool(pending and pending())
 
     def _sock_close(self) -> None:
-        self._rx, self._rx_pos = b"", 0  # never parse a dead connection's bytes
+        self._rx, self._rx_pos, self._rx_need_more = b"", 0, False  # never parse a dead connection's bytes
         super()._sock_close()
 
 
@@ -227,8 +211,9 @@ class MqttClient:
 
     ``subscriptions`` are (filter, qos) pairs subscribed on every connect.
     ``on_message`` runs on the loop thread for each message; it must not block.
-    Plain QoS 0/1 messages are decoded by ``_BufferedClient`` and the rest by
-    paho; both reach ``on_message`` with the same arguments.
+    QoS 0/1 messages are decoded by ``_BufferedClient`` in batches, which go to
+    ``on_publishes`` when given (else to ``on_message`` one by one); paho decodes
+    the rest (QoS 2) and hands them to ``on_message``.
     ``on_connected`` runs after every successful (re)connect.
     """
 
@@ -238,6 +223,7 @@ class MqttClient:
         subscriptions: Sequence[tuple[str, int]],
         on_message: PublishHandler,
         client_id: str | None = None,
+        on_publishes: BatchHandler | None = None,
     ) -> None:
         self.settings = settings
         self.subscriptions = list(subscriptions)
@@ -295,7 +281,7 @@ class MqttClient:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        # The plain-PUBLISH decoder and withdraw() use paho internals; on a paho
+        # The frame decoder, ack_many() and withdraw() use paho internals; on a paho
         # release that lacks one, paho's own code does everything (slower, correct).
         self._paho_missing = [name for name in PAHO_INTERNALS if not hasattr(self.client, name)]
         untested = paho_untested()
@@ -303,7 +289,8 @@ class MqttClient:
             log.warning("%s%s", untested or f"paho-mqtt {paho.mqtt.__version__}",
                         f"; lacks {', '.join(self._paho_missing)}: using paho's own receive path"
                         if self._paho_missing else "")
-        self.client.plain_publish = None if self._paho_missing else on_message
+        self.client.on_publishes = None if self._paho_missing else (on_publishes or self._each_publish)
+        self.client.max_frame_bytes = self.max_packet_bytes
         self.client.on_subscribe = self._on_subscribe
         self.client.on_socket_open = self._on_socket_open
         self.client.on_socket_close = self._on_socket_close
@@ -661,6 +648,14 @@ class MqttClient:
                           "(a second gateway?) may use MQTT_CLIENT_ID=%s; every gateway needs its own "
                           "client id", self.client_id)
         self._schedule_reconnect()
+
+    def _each_publish(self, messages: list[Any]) -> None:
+        """Hand a decoded batch to ``on_message``, one message at a time."""
+        on_message = self.on_message
+        for at in range(0, len(messages), 4):
+            header = messages[at + 2]
+            on_message(messages[at], messages[at + 1], bool(header & 0x01), (header >> 1) & 0x03,
+                       messages[at + 3], bool(header & 0x08))
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -231,8 +231,7 @@ class Gateway:
         those of an earlier connection.
         """
         assert self.client is not None and self.db is not None
-        for mid, qos, generation in acks:
-            self.client.ack(mid, qos, generation)
+        self.client.ack_many(acks)
         if self.client.reading_paused and self.db.reliable_backlog_low():
             self.client.resume_reading()
 

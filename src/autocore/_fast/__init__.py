@@ -2,7 +2,7 @@
 
 Each hot spot comes as a pair sharing a stem: ``_topics.pyx`` / ``_topics_py.py``,
 ``_envelope.pyx`` / ``_envelope_py.py``, ``_ring.pyx`` / ``_ring_py.py``,
-``_compress.pyx`` / ``_compress_py.py``. The
+``_compress.pyx`` / ``_compress_py.py``, ``_frames.pyx`` / ``_frames_py.py``. The
 pure twin is the specification; the compiled one must give the same results and
 the same errors. The compiled module wins unless ``AUTOCORE_NO_EXTENSIONS`` is
 set, the interpreter is not CPython, or the extension was not built.
@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 #: Stems of the hot-path modules, in pipeline order.
-MODULES = ("topics", "envelope", "compress", "ring")
+MODULES = ("frames", "topics", "envelope", "compress", "ring")
 
 CYTHON = "cython"
 PYTHON = "python"
@@ -47,10 +47,11 @@ class Implementation:
     Reject: Any
     Ring: Any
     Compressor: Any
+    decode_frames: Any
 
     @classmethod
     def from_modules(cls, name: str, modules: dict[str, ModuleType]) -> Implementation:
-        topics, envelope, compress, ring = (modules[m] for m in MODULES)
+        frames, topics, envelope, compress, ring = (modules[m] for m in MODULES)
         return cls(
             name=name,
             parse_topic=topics.parse_topic,
@@ -60,6 +61,7 @@ class Implementation:
             Reject=envelope.Reject,
             Ring=ring.Ring,
             Compressor=compress.Compressor,
+            decode_frames=frames.decode,
         )
 
 
@@ -96,6 +98,7 @@ def _choose() -> tuple[dict[str, str], dict[str, ModuleType]]:
 
 if TYPE_CHECKING:  # type checkers always see the pure twins
     from ._compress_py import Compressor
+    from ._frames_py import decode as decode_frames
     from ._envelope_py import Message, Reject, Validator
     from ._ring_py import Ring
     from ._topics_py import Topic, parse_topic
@@ -119,10 +122,11 @@ else:
     Reject = active.Reject
     Ring = active.Ring
     Compressor = active.Compressor
+    decode_frames = active.decode_frames
     del _modules
 
 __all__ = [
     "CYTHON", "Compressor", "IMPLEMENTATION", "IMPLEMENTATIONS", "MODULES", "PYTHON", "Implementation",
-    "Message", "Reject", "Ring", "Topic", "Validator", "extensions_disabled", "load",
+    "Message", "Reject", "decode_frames", "Ring", "Topic", "Validator", "extensions_disabled", "load",
     "parse_topic",
 ]
