@@ -444,6 +444,23 @@ class MqttClient:
         if self.client.is_connected():
             self.client.ack(mid, qos)
 
+    def ack_many(self, tokens: Sequence[tuple[int, int, int]]) -> None:
+        """Acknowledge committed messages, ``(mid, qos, generation)`` each, in one write.
+
+        paho queues a packet, and the loop makes a system call, per PUBACK; a
+        commit of a few hundred QoS 1 messages sends them as one buffer
+        instead. QoS 2 completions, and every ack on a paho without the
+        internals this needs, go through :meth:`ack` one by one.
+        """
+        pubacks = bytearray()
+        for mid, qos, generation in tokens:
+            if qos == 1 and generation == self.generation and not self._paho_missing:
+                pubacks += _PUBACK_HEADER + mid.to_bytes(2, "big")
+            else:
+                self.ack(mid, qos, generation)
+        if pubacks and self.client.is_connected():
+            self.client._packet_queue(_PUBACK, bytes(pubacks), 0, 0)
+
     async def wait_published(self, info: mqtt.MQTTMessageInfo, timeout_s: float) -> bool:
         """Wait (without blocking the loop) until ``info`` is acknowledged."""
         deadline = time.monotonic() + timeout_s

@@ -159,10 +159,10 @@ class Gateway:
         if settings.shared_group is not None:
             subscriptions = topics.shared(subscriptions, settings.shared_group)
             log.info("sharing the device traffic with the other gateways of group %r", settings.shared_group)
-        self.client = MqttClient(settings, subscriptions, self._on_message)
         reporter = ErrorReporter(settings.gateway_uuid, self._publish)
         self.reporter = reporter
         self.pipeline = Pipeline(settings, self.db, self.registry, self.metrics, reporter, self._publish)
+        self.client = MqttClient(settings, subscriptions, self.pipeline.handle)
         self.pipeline.ack = self.client.ack
         client = self.client
         self.pipeline.generation = lambda: client.generation
@@ -218,11 +218,6 @@ class Gateway:
         payload = envelope.build(self.settings.gateway_uuid, command="status")
         self._publish(topics.broadcast_command_topic("status"), envelope.dumps(payload), 1, False)
         log.info("asked every device to report its status (%s)", topics.broadcast_command_topic("status"))
-
-    def _on_message(self, topic: str | bytes, payload: bytes, retained: bool, qos: int, mid: int,
-                    dup: bool) -> None:
-        assert self.pipeline is not None
-        self.pipeline.handle(topic, payload, retained, qos, mid, dup)
 
     def _ack_committed(self, acks: list[tuple[int, int, int]]) -> None:
         """Rows are committed: now the broker may forget these QoS 1/2 messages.
