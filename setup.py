@@ -101,6 +101,8 @@ def _extensions():
         kwargs = {"define_macros": list(macros), "extra_compile_args": list(c_args),
                   "extra_link_args": list(link_args)}
         sources = [str(pyx.relative_to(HERE))]
+        if stem == "_sqlwrite" and sys.platform.startswith("linux"):
+            kwargs["libraries"] = ["dl"]  # dlopen/dlsym live in libdl before glibc 2.34
         if stem == "_envelope":
             simdjson_dir = _simdjson_dir()
             if simdjson_dir is None:

@@ -2,10 +2,12 @@
 
 Each hot spot comes as a pair sharing a stem: ``_topics.pyx`` / ``_topics_py.py``,
 ``_envelope.pyx`` / ``_envelope_py.py``, ``_ring.pyx`` / ``_ring_py.py``,
-``_compress.pyx`` / ``_compress_py.py``, ``_frames.pyx`` / ``_frames_py.py``. The
-pure twin is the specification; the compiled one must give the same results and
-the same errors. The compiled module wins unless ``AUTOCORE_NO_EXTENSIONS`` is
-set, the interpreter is not CPython, or the extension was not built.
+``_compress.pyx`` / ``_compress_py.py``, ``_frames.pyx`` / ``_frames_py.py``,
+``_sqlwrite.pyx`` / ``_sqlwrite_py.py``. The pure twin is the specification; the
+compiled one must give the same results and the same errors. The compiled module
+wins unless ``AUTOCORE_NO_EXTENSIONS`` is set, the interpreter is not CPython, or
+the extension was not built (or refuses to load, as ``_sqlwrite`` does where it
+cannot reach the SQLite library that ``sqlite3`` uses).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 #: Stems of the hot-path modules, in pipeline order.
-MODULES = ("frames", "topics", "envelope", "compress", "ring")
+MODULES = ("frames", "topics", "envelope", "compress", "ring", "sqlwrite")
 
 CYTHON = "cython"
 PYTHON = "python"
@@ -48,10 +50,11 @@ class Implementation:
     Ring: Any
     Compressor: Any
     decode_frames: Any
+    TelemetryInsert: Any
 
     @classmethod
     def from_modules(cls, name: str, modules: dict[str, ModuleType]) -> Implementation:
-        frames, topics, envelope, compress, ring = (modules[m] for m in MODULES)
+        frames, topics, envelope, compress, ring, sqlwrite = (modules[m] for m in MODULES)
         return cls(
             name=name,
             parse_topic=topics.parse_topic,
@@ -62,6 +65,7 @@ class Implementation:
             Ring=ring.Ring,
             Compressor=compress.Compressor,
             decode_frames=frames.decode,
+            TelemetryInsert=sqlwrite.TelemetryInsert,
         )
 
 
@@ -101,6 +105,7 @@ if TYPE_CHECKING:  # type checkers always see the pure twins
     from ._frames_py import decode as decode_frames
     from ._envelope_py import Message, Reject, Validator
     from ._ring_py import Ring
+    from ._sqlwrite_py import TelemetryInsert
     from ._topics_py import Topic, parse_topic
 
     IMPLEMENTATIONS: dict[str, str]
@@ -123,10 +128,11 @@ else:
     Ring = active.Ring
     Compressor = active.Compressor
     decode_frames = active.decode_frames
+    TelemetryInsert = active.TelemetryInsert
     del _modules
 
 __all__ = [
     "CYTHON", "Compressor", "IMPLEMENTATION", "IMPLEMENTATIONS", "MODULES", "PYTHON", "Implementation",
-    "Message", "Reject", "decode_frames", "Ring", "Topic", "Validator", "extensions_disabled", "load",
-    "parse_topic",
+    "Message", "Reject", "decode_frames", "Ring", "TelemetryInsert", "Topic", "Validator",
+    "extensions_disabled", "load", "parse_topic",
 ]

@@ -72,11 +72,14 @@ def _drop_read_only_connections(context: Any) -> None:
     the pool open a fresh one on the next retry, so writes resume once the
     file's permissions are fixed, without a restart.
     """
-    original = context.original_exception
-    code = getattr(original, "sqlite_errorcode", None)  # Python 3.11+; the message before that
-    read_only = (code & 0xFF) == _SQLITE_READONLY if code is not None else "readonly database" in str(original)
-    if read_only:
+    if is_read_only(context.original_exception):
         context.is_disconnect = True
+
+
+def is_read_only(exc: BaseException) -> bool:
+    """Whether a sqlite3 error is "attempt to write a readonly database"."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; the message before that
+    return (code & 0xFF) == _SQLITE_READONLY if code is not None else "readonly database" in str(exc)
 
 
 def short_error(exc: BaseException) -> str:

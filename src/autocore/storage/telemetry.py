@@ -20,9 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError
 
+from autocore._fast import TelemetryInsert
 from autocore.ratelimit import RateLimiter
 from autocore.schema import devices, gateway_message_keys, telemetry_data
-from autocore.storage.engine import short_error
+from autocore.storage.engine import is_read_only, short_error
 
 #: How long an unknown device uuid is remembered as unknown.
 UNKNOWN_DEVICE_TTL_S = 30.0
@@ -58,6 +59,10 @@ class Rejected(NamedTuple):
     error: str  # the database's first line, for the log
 
 
+#: One message's rows for the INSERT: (timestamp, device id, the validator's rows).
+Message = tuple[Any, int, list[tuple[str, str, str, str | None]]]
+
+
 class BatchResult(NamedTuple):
     rows: int  # rows inserted
     duplicates: int  # redelivered messages found already stored
@@ -85,8 +90,9 @@ def reason_for(exc: BaseException) -> str:
 def _telemetry_insert(engine: Engine) -> tuple[str, Callable[[datetime], Any]]:
     """The telemetry INSERT in the driver's own paramstyle, and how to pass a timestamp.
 
-    Telemetry is the one bulk write, so it skips per-row bind processing: rows go
-    to the DBAPI ``executemany`` as tuples. On SQLite the timestamp is the text
+    Telemetry is the one bulk write, so it skips SQLAlchemy's per-row bind
+    processing: on SQLite the rows go to :class:`autocore._fast.TelemetryInsert`,
+    elsewhere to the DBAPI as tuples. On SQLite the timestamp is the text
     SQLAlchemy's DateTime type itself stores (``YYYY-MM-DD HH:MM:SS.ffffff``), so
     the Config App reads the same values either way.
     """
@@ -108,12 +114,34 @@ _COPY_TELEMETRY = ("COPY telemetry_data (timestamp, device_id, data_type, data_k
                    "FROM STDIN")
 
 
+def _flat_rows(batch: list[Message]) -> list[tuple[Any, ...]]:
+    """One positional tuple per row, as COPY and ``executemany`` take them."""
+    return [(ts, device_id, data_type, key, value, unit)
+            for ts, device_id, rows in batch
+            for data_type, key, value, unit in rows]
+
+
 def _copy_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
     """Stream telemetry rows into PostgreSQL with COPY, inside the caller's transaction."""
     raw = conn.connection.driver_connection
     with raw.cursor() as cursor, cursor.copy(_COPY_TELEMETRY) as copy:
         for row in rows:
             copy.write_row(row)
+
+
+def _sqlite_rows(conn: Connection, insert: Any, batch: list[Message]) -> int:
+    """Insert on SQLite's own connection, in the caller's transaction.
+
+    The driver's errors come unwrapped (the row-blaming checks go by class
+    name). SQLAlchemy never sees this statement, so a read-only connection is
+    invalidated here, as ``engine._drop_read_only_connections`` does for the others.
+    """
+    try:
+        return int(insert.insert(conn.connection.driver_connection, batch))
+    except Exception as exc:
+        if is_read_only(exc):
+            conn.invalidate(exc)
+        raise
 
 
 #: Records a batch's idempotency keys in one round trip; returns those that were new.
@@ -140,6 +168,8 @@ class TelemetryWriter:
         self._insert_sql, self._stamp = _telemetry_insert(engine)
         self._key_insert = _key_insert(engine)
         self._postgres = engine.dialect.name == "postgresql"
+        # Compiled where it can be (autocore._fast): one prepared statement, no tuple per row.
+        self._sqlite_insert = TelemetryInsert(self._insert_sql) if engine.dialect.name == "sqlite" else None
         self._device_ids: OrderedDict[str, int] = OrderedDict()
         self._unknown: dict[str, float] = {}
         self._lookups = RateLimiter(UNKNOWN_LOOKUPS_PER_S, UNKNOWN_LOOKUP_BURST)
@@ -169,17 +199,19 @@ class TelemetryWriter:
                            first.unknown_rows + second.unknown_rows, first.rejected + second.rejected)
 
     def _insert(self, conn: Connection, items: list[TelemetryItem]) -> BatchResult:
-        rows, duplicates, unknown = self._rows_for(conn, items)
+        batch, rows, duplicates, unknown = self._rows_for(conn, items)
         if rows and self._postgres:
-            _copy_rows(conn, rows)
+            _copy_rows(conn, _flat_rows(batch))
+        elif rows and self._sqlite_insert is not None:
+            _sqlite_rows(conn, self._sqlite_insert, batch)
         elif rows:
-            conn.exec_driver_sql(self._insert_sql, rows)
-        return BatchResult(len(rows), duplicates, unknown, [])
+            conn.exec_driver_sql(self._insert_sql, _flat_rows(batch))
+        return BatchResult(rows, duplicates, unknown, [])
 
-    def _rows_for(self, conn: Connection, items: list[TelemetryItem]) -> tuple[list[tuple[Any, ...]], int, int]:
-        """Positional rows for the prepared INSERT; one timestamp conversion per message."""
-        rows: list[tuple[Any, ...]] = []
-        duplicates = unknown = 0
+    def _rows_for(self, conn: Connection, items: list[TelemetryItem]) -> tuple[list[Message], int, int, int]:
+        """The messages to insert, with their row count; one timestamp conversion per message."""
+        batch: list[Message] = []
+        rows = duplicates = unknown = 0
         stamp = self._stamp
         fresh = self._record_keys(conn, items) if self._postgres else None
         for item in items:
@@ -198,10 +230,9 @@ class TelemetryWriter:
                 if device_id is None:
                     unknown += len(item.rows)
                     continue
-            ts = stamp(item.received_at)
-            rows.extend([(ts, device_id, data_type, key, value, unit)
-                         for data_type, key, value, unit in item.rows])
-        return rows, duplicates, unknown
+            batch.append((stamp(item.received_at), device_id, item.rows))
+            rows += len(item.rows)
+        return batch, rows, duplicates, unknown
 
     def _first_delivery(self, conn: Connection, item: TelemetryItem) -> bool:
         """Record the message's idempotency key; False when a redelivery was already stored.
