@@ -57,7 +57,7 @@ ensure_lazyfs() {
 # tree and the test tools. BUILD is one of
 #   compiled  every Cython extension required, plus the accelerators (uvloop)
 #   pure      AUTOCORE_NO_EXTENSIONS=1; neither pysimdjson nor uvloop installed
-#   minimal   what the 32-bit ARM wheels hold: _topics, _ring and _compress compiled without
+#   minimal   what the 32-bit ARM wheels hold: every module but _envelope compiled without
 #             pysimdjson in the build environment, so _envelope stays pure; no uvloop
 # One pip command builds and installs autocore with its dependencies, so the build
 # switches apply to the copy that ends up installed.
@@ -81,7 +81,7 @@ ensure_venv() {
         minimal)
             "${pip[@]}" uninstall -q -y pysimdjson uvloop >/dev/null 2>&1 || true
             "${pip[@]}" install -q "setuptools>=77" "Cython>=3.0"
-            AUTOCORE_NO_EXTENSIONS= AUTOCORE_REQUIRE_EXTENSIONS=_topics,_ring,_compress \
+            AUTOCORE_NO_EXTENSIONS= AUTOCORE_REQUIRE_EXTENSIONS=_frames,_topics,_ring,_compress,_sqlwrite \
                 "${pip[@]}" install -q --no-build-isolation ".[test]"
             ;;
     esac
@@ -123,8 +123,8 @@ case "$cmd" in
         # exercise storage, client and broker, which do not differ between builds.
         log "test leg 2/3: pure install with AUTOCORE_NO_EXTENSIONS=1, without pysimdjson and uvloop"
         AUTOCORE_NO_EXTENSIONS=1 "$VENV-pure/bin/python" -m pytest -m "not slow" "$@"
-        log "test leg 3/3: 32-bit ARM build (_topics, _ring and _compress compiled, _envelope pure), without pysimdjson and uvloop"
-        AUTOCORE_EXPECT_EXTENSIONS=_topics,_ring,_compress "$VENV-minimal/bin/python" -m pytest -m "not slow" "$@"
+        log "test leg 3/3: 32-bit ARM build (every module but _envelope compiled), without pysimdjson and uvloop"
+        AUTOCORE_EXPECT_EXTENSIONS=_frames,_topics,_ring,_compress,_sqlwrite "$VENV-minimal/bin/python" -m pytest -m "not slow" "$@"
         ;;
     test-minimal)
         ensure_mosquitto
@@ -133,8 +133,8 @@ case "$cmd" in
         ensure_venv "$VENV-minimal" minimal
         without_accelerators "$VENV-minimal"
         export TZ="${AUTOCORE_TEST_TZ:-<-03>3}"
-        log "32-bit ARM build (_topics, _ring and _compress compiled, _envelope pure), without pysimdjson and uvloop"
-        AUTOCORE_EXPECT_EXTENSIONS=_topics,_ring,_compress "$VENV-minimal/bin/python" -m pytest "$@"
+        log "32-bit ARM build (every module but _envelope compiled), without pysimdjson and uvloop"
+        AUTOCORE_EXPECT_EXTENSIONS=_frames,_topics,_ring,_compress,_sqlwrite "$VENV-minimal/bin/python" -m pytest "$@"
         ;;
     image-test)
         exec scripts/image_test.sh "$@"

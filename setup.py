@@ -14,7 +14,7 @@ embeds simdjson, so pysimdjson is not needed at run time.
 Environment switches:
   AUTOCORE_NO_EXTENSIONS=1       build the pure-Python package only
   AUTOCORE_REQUIRE_EXTENSIONS=1  fail instead of falling back to pure Python
-  AUTOCORE_REQUIRE_EXTENSIONS=_topics,_ring,_compress
+  AUTOCORE_REQUIRE_EXTENSIONS=_frames,_topics,_ring,_compress,_sqlwrite
                                  fail only if one of these modules is not compiled
                                  (wheels for 32-bit ARM, where pysimdjson has no wheel)
   AUTOCORE_CYTHON_ANNOTATE=1     write annotated HTML next to each .pyx

@@ -10,7 +10,7 @@
 #   AUTOCORE_EMU_ARCH=arm64 (default)  Debian 12 arm64, as 64-bit Raspberry Pi OS 12:
 #                                      every extension must compile
 #   AUTOCORE_EMU_ARCH=armhf            Debian 12 armhf (armv7l), as 32-bit Raspberry Pi OS:
-#                                      no pysimdjson wheel, so _topics, _ring and _compress compile
+#                                      no pysimdjson wheel, so every module but _envelope compiles
 #                                      and _envelope stays pure, as in the armv7l wheels
 #   ROOT                               the emulated root file system
 #                                      (default /var/tmp/autocore-$AUTOCORE_EMU_ARCH)
@@ -33,7 +33,7 @@ SUITE=bookworm
 MIRROR="${AUTOCORE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 case "$ARCH" in
     arm64) QEMU=aarch64; REQUIRE=1; EXPECT=1 ;;
-    armhf) QEMU=arm; REQUIRE=_topics,_ring,_compress; EXPECT=_topics,_ring,_compress ;;
+    armhf) QEMU=arm; REQUIRE=_frames,_topics,_ring,_compress,_sqlwrite; EXPECT=_frames,_topics,_ring,_compress,_sqlwrite ;;
     *) echo "AUTOCORE_EMU_ARCH must be arm64 or armhf" >&2; exit 2 ;;
 esac
 
