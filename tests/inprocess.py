@@ -24,7 +24,7 @@ from autocore.registry import Registry, register_gateway
 from autocore.reports import ErrorReporter
 from autocore.ringbuffer import Ring
 from autocore.schema import ensure_schema
-from autocore.storage import RELIABLE_CAPACITY, Database, open_engine
+from autocore.storage import RELIABLE_CAPACITY, Database, TelemetryBuffer, open_engine, rows_for
 
 ENVELOPE = {"protocol_version": "2.2.0", "timestamp": "2025-08-12T20:53:17Z"}
 
@@ -69,7 +69,8 @@ class World:
         loop = asyncio.get_running_loop()
         engine = open_engine(settings)
         await loop.run_in_executor(None, ensure_schema, engine)
-        db = Database(engine, Ring(settings.ring_capacity, "drop_oldest"), settings.telemetry_batch_size,
+        ring = TelemetryBuffer(Ring(settings.ring_capacity, "drop_oldest"), rows_for(settings.buffer_mb))
+        db = Database(engine, ring, settings.telemetry_batch_size,
                       settings.telemetry_flush_interval_s,
                       Ring(max(8 * settings.max_concurrent_messages, RELIABLE_CAPACITY), "reject"),
                       settings.write_interval_s, ack_window=settings.max_concurrent_messages)

@@ -203,6 +203,9 @@ KEYS: tuple[Key, ...] = (
         "(QoS 1/2 backlogs commit sooner)"),
     Key("AUTOCORE_RING_CAPACITY", "ring_capacity", "20000", _integer(16, 10_000_000),
         "telemetry messages buffered for the database writer"),
+    Key("AUTOCORE_BUFFER_MB", "buffer_mb", "4", _number(0),
+        "memory for QoS 0 telemetry waiting for the database writer, MB (about 200 bytes a "
+        "reading); past it, or past AUTOCORE_RING_CAPACITY, the oldest messages are dropped and counted"),
     Key("AUTOCORE_CONNECT_TIMEOUT", "connect_timeout_s", "10", _number(0, lo_inclusive=True),
         "keep trying the first connection this long before exiting 1, s (0: forever)"),
     Key("AUTOCORE_DEVICE_CACHE_SIZE", "device_cache_size", "4096", _integer(1),
@@ -281,6 +284,7 @@ class Settings:
     heartbeat_interval_s: float
     write_interval_s: float
     ring_capacity: int
+    buffer_mb: float
     connect_timeout_s: float
     device_cache_size: int
     command_max_age_s: float

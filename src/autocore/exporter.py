@@ -422,7 +422,8 @@ class Exporter:
         for label, attr in RINGS:
             stats = getattr(db, attr).stats()
             fills.append(f"{label} {stats['depth']}/{stats['capacity']}")
-            full = full or stats["depth"] >= READY_BUFFER_FRACTION * stats["capacity"]
+            full = full or stats["depth"] >= READY_BUFFER_FRACTION * stats["capacity"] \
+                or stats.get("rows", 0) >= READY_BUFFER_FRACTION * stats.get("max_rows", float("inf"))
         limit = f"limit {READY_BUFFER_FRACTION:.0%}"
         checks["buffer"] = _check(not full, f"{', '.join(fills)} ({limit})")
         if gateway.retention is not None:

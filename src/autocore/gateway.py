@@ -30,7 +30,7 @@ from autocore.registry import Registry, mark_gateway_offline, register_gateway
 from autocore.reports import ErrorReporter
 from autocore.ringbuffer import Ring
 from autocore.schema import COMMANDS_CHANNEL, ensure_schema
-from autocore.storage import RELIABLE_CAPACITY, Database, open_engine, short_error
+from autocore.storage import RELIABLE_CAPACITY, Database, TelemetryBuffer, open_engine, rows_for, short_error
 from autocore.storage.retention import Retention, RetentionSettings
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Gateway:
         created = await loop.run_in_executor(None, ensure_schema, engine)
         if created:
             log.info("created missing tables: %s", ", ".join(created))
-        ring = Ring(settings.ring_capacity, "drop_oldest")
+        ring = TelemetryBuffer(Ring(settings.ring_capacity, "drop_oldest"), rows_for(settings.buffer_mb))
         # The broker should send at most MAX_CONCURRENT_MESSAGES unacknowledged QoS 1/2
         # messages (receive maximum); Mosquitto 2.0 overshoots with a resumed backlog,
         # so reading pauses at a quarter of this ring (see MqttClient.pause_reading).
