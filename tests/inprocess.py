@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -132,6 +133,6 @@ def register(db_path: str, uuid: str, device_type: str = "esp32_relay", status: 
     import sqlite3
 
     now = datetime.now()
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("INSERT INTO devices (uuid, name, type, status, is_active, created_at, updated_at)"
                      " VALUES (?, ?, ?, ?, 1, ?, ?)", (uuid, f"Board {uuid}", device_type, status, now, now))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import closing
 from datetime import datetime, timedelta
 
 import pytest
@@ -97,7 +98,7 @@ def check(claimed: dict[str, list[int]], rows: list[dict]) -> None:  # type: ign
 def test_sqlite_claims_are_exclusive(installed_db) -> None:  # type: ignore[no-untyped-def]
     import sqlite3
 
-    with sqlite3.connect(installed_db) as conn:
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
         settings = Settings.from_env({"DATABASE_PATH": str(installed_db)}, env_file=None)
         engine = open_engine(settings)
         from autocore.schema import ensure_schema
@@ -106,7 +107,7 @@ def test_sqlite_claims_are_exclusive(installed_db) -> None:  # type: ignore[no-u
         engine.dispose()
         seed(lambda sql, params: conn.execute(sql, params), "?")
     claimed = race(settings)
-    with sqlite3.connect(installed_db) as conn:
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
         conn.row_factory = sqlite3.Row
         rows = [dict(row) for row in conn.execute("SELECT * FROM gateway_commands")]
     check(claimed, rows)

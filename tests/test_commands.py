@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from datetime import datetime, timedelta
 
 import paho.mqtt.client as mqtt
@@ -74,7 +75,7 @@ def insert_command(db, device_uuid: str, command_type: str, payload: object, **c
     values = {"device_uuid": device_uuid, "command_type": command_type, "created_at": datetime.now(),
               "status": "pending",
               "payload": payload if isinstance(payload, str) else json.dumps(payload), **columns}
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         cursor = conn.execute(
             f"INSERT INTO gateway_commands ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
             tuple(values.values()))
@@ -245,7 +246,7 @@ def test_hundred_concurrent_commands_to_ten_devices(env, boards) -> None:  # typ
     for uuid in uuids:
         go_online(env, uuid)
     ids = []
-    with sqlite3.connect(env.db) as conn:
+    with closing(sqlite3.connect(env.db)) as conn, conn:
         for n in range(100):
             values = (uuids[n % 10], "relay", json.dumps({"channel": n // 10 + 1, "command": "on"}),
                       datetime.now(), "pending")

@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from autocore.broker import find_free_port
@@ -25,7 +26,7 @@ def test_demo_starts_its_own_broker_and_shows_what_was_stored(tmp_path: Path) ->
     for heading in ("Devices", "Telemetry rows", "Commands", "Events", "Gateway"):
         assert heading in out
     assert '"bad_json": 1' in out
-    with sqlite3.connect(tmp_path / "autocore.db") as conn:
+    with closing(sqlite3.connect(tmp_path / "autocore.db")) as conn, conn:
         statuses = dict(conn.execute("SELECT uuid, status FROM devices"))
         rows = conn.execute("SELECT count(*) FROM telemetry_data").fetchone()[0]
         command = conn.execute("SELECT status, topic FROM gateway_commands").fetchone()

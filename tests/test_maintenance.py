@@ -6,6 +6,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def autocore(db: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
 
 def fill(db: Path, rows: int, age: timedelta) -> None:
     start = datetime.now() - age
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         conn.execute("INSERT INTO devices (id, uuid, name, type, status, is_active) "
                      "VALUES (7, 'esp32-can-001', 'CAN', 'esp32_can', 'online', 1)")
         conn.executemany("INSERT INTO telemetry_data (timestamp, device_id, data_type, data_key, data_value, unit) "
@@ -39,7 +40,7 @@ def test_stats_prune_and_vacuum(installed_db: Path) -> None:
 
     pruned = autocore(installed_db, "db", "prune")
     assert pruned.returncode == 0, pruned.stderr
-    with sqlite3.connect(installed_db) as conn:
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
         raw = conn.execute("SELECT count(*) FROM telemetry_data").fetchone()[0]
         rolled = conn.execute("SELECT sum(count) FROM telemetry_hourly").fetchone()[0]
     assert raw + rolled == 20_000 and 9_900 <= rolled <= 10_100  # rolled up, then deleted
@@ -50,7 +51,7 @@ def test_stats_prune_and_vacuum(installed_db: Path) -> None:
     full = autocore(installed_db, "db", "vacuum", "--full")
     assert full.returncode == 0, full.stderr
     assert installed_db.stat().st_size < size
-    with sqlite3.connect(installed_db) as conn:
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental from now on
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     again = autocore(installed_db, "db", "vacuum")

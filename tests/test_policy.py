@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def test_acks_owed_and_caps_make_a_commit_urgent() -> None:
 def _database(installed_db: Path, write_interval_s: float, ack_window: int) -> Database:
     engine = open_engine(Settings.from_env({"DATABASE_PATH": str(installed_db)}, env_file=None))
     ensure_schema(engine)
-    with sqlite3.connect(installed_db) as conn:
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
         conn.execute("INSERT INTO devices (id, uuid, name, type, status, is_active) "
                      "VALUES (7, 'esp32-can-001', 'CAN', 'esp32_can', 'online', 1)")
     db = Database(engine, Ring(10_000), 10, 60.0, write_interval_s=write_interval_s, ack_window=ack_window)

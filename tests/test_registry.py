@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from autocore.config import Settings
@@ -31,7 +32,7 @@ def run_with_registry(db_path: Path, body, cache_size: int = 8):  # type: ignore
 
 
 def register(db_path: Path, *uuids: str) -> None:
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         conn.executemany("INSERT INTO devices (uuid, name, type, status, is_active) VALUES (?, ?, 'esp32_relay', "
                          "'offline', 1)", [(u, u) for u in uuids])
 
@@ -63,5 +64,5 @@ def test_made_up_uuids_keep_memory_and_queries_bounded(installed_db: Path) -> No
     assert len(registry._unknown) <= registry.cache_size
     assert registry.lookups_done + registry.lookups_refused >= 2000
     assert registry.lookups_done <= 400  # the lookup budget, not one query per made-up uuid
-    with sqlite3.connect(installed_db) as conn:
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
         assert conn.execute("SELECT count(*) FROM devices").fetchone()[0] == 1

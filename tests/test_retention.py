@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.request
+from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,7 @@ def test_a_running_gateway_expires_rolls_up_and_reports(env, installed_db: Path)
     """40 s retention: rows past it are gone within the retention check, and counted in /metrics."""
     device_id = env.register("esp32-can-001", "esp32_can")
     old = datetime.now() - timedelta(seconds=300)
-    with sqlite3.connect(installed_db) as conn:
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
         conn.executemany("INSERT INTO telemetry_data (timestamp, device_id, data_type, data_key, data_value, unit) "
                          "VALUES (?, ?, 'can_bus', 'can_rpm', ?, 'rpm')",
                          [((old + timedelta(milliseconds=n)).isoformat(" "), device_id, str(n)) for n in range(3000)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -11,7 +12,7 @@ from autocore.schema import OWN_TABLES, ROLLUP_TABLES, SHARED_TABLES, ensure_sch
 
 
 def schema_of(path: Path) -> dict[str, str]:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         return {name: sql for name, sql in conn.execute("SELECT name, sql FROM sqlite_master")}
 
 
@@ -54,7 +55,7 @@ def test_shared_tables_match_the_installed_columns(installed_db: Path, tmp_path:
     engine.dispose()
 
     def columns(path: Path, table: str) -> list[tuple[str, str, int]]:
-        with sqlite3.connect(path) as conn:
+        with closing(sqlite3.connect(path)) as conn, conn:
             return [(r[1], r[2], r[3]) for r in conn.execute(f"PRAGMA table_info({table})")]
 
     for table in SHARED_TABLES:
@@ -67,14 +68,14 @@ def test_an_older_command_table_gets_the_new_column(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{path}")
     ensure_schema(engine)
     engine.dispose()
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("ALTER TABLE gateway_commands DROP COLUMN claimed_by")
         conn.execute("INSERT INTO gateway_commands (device_uuid, command_type, status, created_at) "
                      "VALUES ('esp32-relay-001', 'relay', 'acked', '2026-01-01 00:00:00')")
     engine = create_engine(f"sqlite:///{path}")
     assert ensure_schema(engine) == []
     engine.dispose()
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         names = [row[1] for row in conn.execute("PRAGMA table_info(gateway_commands)")]
         assert names[-1] == "claimed_by"
         assert conn.execute("SELECT status, claimed_by FROM gateway_commands").fetchall() == [("acked", None)]

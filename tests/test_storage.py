@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def database(installed_db: Path):  # type: ignore[no-untyped-def]
     def make(batch_rows: int = 10, flush_interval_s: float = 0.1) -> Database:
         engine = open_engine(Settings.from_env({"DATABASE_PATH": str(installed_db)}, env_file=None))
         ensure_schema(engine)
-        with sqlite3.connect(installed_db) as conn:
+        with closing(sqlite3.connect(installed_db)) as conn, conn:
             conn.execute("INSERT INTO devices (id, uuid, name, type, status, is_active) "
                          "VALUES (7, 'esp32-can-001', 'CAN', 'esp32_can', 'online', 1)")
         db = Database(engine, Ring(1000), batch_rows, flush_interval_s, write_interval_s=0.05)
@@ -44,7 +45,7 @@ def database(installed_db: Path):  # type: ignore[no-untyped-def]
 
 
 def count(path: Path) -> int:
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn, conn:
         return int(conn.execute("SELECT count(*) FROM telemetry_data").fetchone()[0])
 
 
@@ -57,7 +58,7 @@ def test_rows_read_back_through_sqlalchemy_with_the_receive_time(database, insta
         rows = conn.execute(select(telemetry_data).order_by(telemetry_data.c.id)).all()
     assert [r.timestamp for r in rows] == [received] * 4  # SQLAlchemy's own DateTime reads it back
     assert [(r.device_id, r.data_type, r.data_key, r.data_value, r.unit) for r in rows] == [(7, *r) for r in ROWS]
-    with sqlite3.connect(installed_db) as conn:
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
         assert conn.execute("SELECT timestamp FROM telemetry_data").fetchone()[0] == "2026-11-25 10:41:10.123456"
 
 
@@ -102,7 +103,7 @@ def test_file_watch_sees_another_process_commit(tmp_path: Path) -> None:
     if watch is None:
         pytest.skip("inotify is not available here")
     try:
-        with sqlite3.connect(path) as conn:
+        with closing(sqlite3.connect(path)) as conn, conn:
             conn.execute("CREATE TABLE t (x)")
         assert seen.wait(5)
     finally:
@@ -124,7 +125,7 @@ def test_own_commits_do_not_run_the_pollers_but_another_process_commit_does(data
     wait_for(lambda: count(installed_db) == 84)
     time.sleep(0.3)
     assert len(runs) == settled
-    with sqlite3.connect(installed_db) as conn:  # the Config App's commit
+    with closing(sqlite3.connect(installed_db)) as conn, conn:  # the Config App's commit
         conn.execute("UPDATE devices SET name = 'CAN bus reader' WHERE id = 7")
     # Well before the fallback poll (storage.changes.WATCHED_POLL_S, 10 s).
     wait_for(lambda: len(runs) > settled, timeout_s=5.0, what="a poll after another process committed")

@@ -15,6 +15,7 @@ import re
 import sqlite3
 import time
 from collections import Counter
+from contextlib import closing
 
 from tests.fixtures.services import fixture_bytes, wait_for
 
@@ -27,7 +28,7 @@ def numbered(seq: int) -> bytes:
 
 
 def stored(db) -> list[int]:  # type: ignore[no-untyped-def]
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         rows = conn.execute("SELECT data_value FROM telemetry_data WHERE data_key='analog_seq'").fetchall()
     return sorted(int(float(value)) for (value,) in rows)
 

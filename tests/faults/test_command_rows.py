@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def test_malformed_rows_fail_with_a_reason_and_good_ones_are_sent(env, boards) -
     env.register("bad+board")  # the Config App may register anything
     board = boards(env.broker, "esp32-relay-001")
     go_online(env, "esp32-relay-001")
-    with sqlite3.connect(env.db) as conn:
+    with closing(sqlite3.connect(env.db)) as conn, conn:
         conn.execute("UPDATE devices SET status='online' WHERE uuid='bad+board'")
     on = {"channel": 1, "command": "on"}
     # A row another gateway left ``sent`` with a timeout that is not a number: the
@@ -62,7 +63,7 @@ def test_a_claim_is_delivered_when_the_orphan_sweep_after_it_fails(installed_db:
     engine = create_engine(f"sqlite:///{installed_db}")
     ensure_schema(engine)
     now = datetime.now()
-    with sqlite3.connect(installed_db) as conn:
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
         conn.execute("INSERT INTO devices (uuid, name, type, status, is_active, created_at, updated_at) "
                      "VALUES ('esp32-relay-001', 'Board', 'esp32_relay', 'online', 1, ?, ?)", (now, now))
         conn.execute("INSERT INTO gateway_commands (device_uuid, command_type, payload, created_at, status) "

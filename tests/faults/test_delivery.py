@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import threading
 import time
+from contextlib import closing
 
 import pytest
 
@@ -30,7 +31,7 @@ def numbered(seq: int) -> bytes:
 
 
 def stored_sequence(db) -> list[int]:  # type: ignore[no-untyped-def]
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn, conn:
         rows = conn.execute("SELECT data_value FROM telemetry_data WHERE data_key='analog_seq'").fetchall()
     return sorted(int(float(value)) for (value,) in rows)
 
@@ -114,7 +115,7 @@ def test_database_locked_for_30_s_loses_no_qos1_and_counts_qos0_drops(env) -> No
     blocker.close()
     publisher.join(30)
     wait_for(lambda: len(stored_sequence(env.db)) >= 300 + 16, timeout_s=30, what="rows after the lock")
-    with sqlite3.connect(env.db) as conn:
+    with closing(sqlite3.connect(env.db)) as conn, conn:
         rows = conn.execute("SELECT d.uuid, t.data_value FROM telemetry_data t JOIN devices d "
                             "ON d.id = t.device_id WHERE t.data_key='analog_seq'").fetchall()
     qos1 = sorted(int(float(v)) for uuid, v in rows if uuid == "esp32-can-001")

@@ -14,6 +14,7 @@ import asyncio
 import json
 import sqlite3
 import urllib.request
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,7 @@ def _run_database(engine: Any, items: list[TelemetryItem]) -> tuple[Database, li
 def test_database_thread_isolates_a_refused_message_on_sqlite(installed_db: Path) -> None:
     engine = open_engine(Settings.from_env({"DATABASE_PATH": str(installed_db)}, env_file=None))
     ensure_schema(engine)
-    with sqlite3.connect(installed_db) as conn:
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
         conn.execute("INSERT INTO devices (id, uuid, name, type, status, is_active) "
                      "VALUES (7, 'esp32-can-001', 'CAN', 'esp32_can', 'online', 1)")
     # NOT NULL data_value: SQLite's own refusal of a row.
@@ -146,7 +147,7 @@ def test_database_thread_isolates_a_refused_message_on_sqlite(installed_db: Path
     try:
         assert refused == [("esp32-can-001", "db_integrity_error")]
         assert sorted(acks) == sorted([(n, 1) for n in range(1, 21)] + [(99, 1)])
-        with sqlite3.connect(installed_db) as conn:
+        with closing(sqlite3.connect(installed_db)) as conn, conn:
             values = [int(v) for (v,) in conn.execute("SELECT data_value FROM telemetry_data ORDER BY id")]
             keys = {k for (k,) in conn.execute("SELECT message_key FROM gateway_message_keys")}
         assert values == list(range(1, 21))  # the rest of the batch, in order

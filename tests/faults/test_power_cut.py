@@ -39,6 +39,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +235,7 @@ def test_sqlite_power_cuts_lose_no_acknowledged_message(  # type: ignore[no-unty
     rng = cut_rng()
     env.broker = broker_factory(persistence=True)  # its queue lives off the mount, in its own folder
     env.db = lazyfs.path / "autocore.db"
-    with sqlite3.connect(env.db) as conn:
+    with closing(sqlite3.connect(env.db)) as conn, conn:
         conn.executescript(ORIGINAL_SCHEMA.read_text())
     conn.close()
     uuids = [f"esp32-can-{n:03d}" for n in range(1, DEVICES + 1)]
