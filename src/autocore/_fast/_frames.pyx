@@ -41,6 +41,14 @@ cdef inline Py_ssize_t _varint(const unsigned char* data, Py_ssize_t at, Py_ssiz
 
 
 cdef bint _utf8_ok(const unsigned char* data, Py_ssize_t start, Py_ssize_t stop):
+    """An MQTT UTF-8 string: valid UTF-8 without U+0000 or U+FEFF (paho refuses those)."""
+    cdef Py_ssize_t i
+    for i in range(start, stop):
+        if data[i] == 0:
+            return False
+        # U+FEFF is EF BB BF in UTF-8
+        if data[i] == 0xEF and i + 2 < stop and data[i + 1] == 0xBB and data[i + 2] == 0xBF:
+            return False
     try:
         PyUnicode_DecodeUTF8(<const char*>data + start, stop - start, NULL)
     except UnicodeDecodeError:
@@ -49,10 +57,11 @@ cdef bint _utf8_ok(const unsigned char* data, Py_ssize_t start, Py_ssize_t stop)
 
 
 cdef Py_ssize_t _properties_end(const unsigned char* data, Py_ssize_t at, Py_ssize_t stop) except -2:
-    """Where the PUBLISH properties at ``at`` end, or -1 when paho must look at them."""
-    cdef Py_ssize_t length = 0, end, size
+    """Where the PUBLISH properties at ``at`` end, or -1 when paho must look at them (see the pure twin)."""
+    cdef Py_ssize_t length = 0, end, size = 0
     cdef unsigned char kind
     cdef int strings, i
+    cdef unsigned long long seen = 0
     at = _varint(data, at, stop, &length)
     if at < 0 or at + length > stop:
         return -1
@@ -60,13 +69,19 @@ cdef Py_ssize_t _properties_end(const unsigned char* data, Py_ssize_t at, Py_ssi
     while at < end:
         kind = data[at]
         at += 1
-        if kind == 0x01:  # payload format indicator
+        if kind < 64 and kind != 0x0B and kind != 0x26:  # at most once, as paho requires
+            if seen & (1ULL << kind):
+                return -1
+            seen |= 1ULL << kind
+        if kind == 0x01:  # payload format indicator: 0 or 1
+            if at >= end or data[at] > 1:
+                return -1
             at += 1
         elif kind == 0x02:  # message expiry interval
             at += 4
-        elif kind == 0x0B:  # subscription identifier
+        elif kind == 0x0B:  # subscription identifier: at least 1
             at = _varint(data, at, end, &size)
-            if at < 0:
+            if at < 0 or size < 1:
                 return -1
         elif kind == 0x03 or kind == 0x08 or kind == 0x09 or kind == 0x26:
             strings = 2 if kind == 0x26 else 1  # user property: a pair; correlation data: binary

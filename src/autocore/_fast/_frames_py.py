@@ -33,6 +33,9 @@ _BINARY = -2  # two-byte length + bytes
 _PAIR = -3  # two strings
 _VARINT = -4
 _TOPIC_ALIAS = 0x23
+_PAYLOAD_FORMAT = 0x01
+#: Properties that may come more than once: subscription identifier, user property.
+_REPEATABLE = frozenset({0x0B, 0x26})
 PUBLISH_PROPERTIES = {
     0x01: 1,  # payload format indicator
     0x02: 4,  # message expiry interval
@@ -61,29 +64,43 @@ def _varint(data: bytes, at: int, end: int) -> tuple[int, int]:
 
 
 def _utf8_ok(data: bytes, start: int, stop: int) -> bool:
+    """An MQTT UTF-8 string: valid UTF-8 without U+0000 or U+FEFF (paho refuses those)."""
     try:
-        data[start:stop].decode("utf-8")
+        text = data[start:stop].decode("utf-8")
     except UnicodeDecodeError:
         return False
-    return True
+    return "\x00" not in text and "\ufeff" not in text
 
 
 def _properties_end(data: bytes, at: int, stop: int) -> int:
-    """Where the PUBLISH properties starting at ``at`` end, or -1 when paho must look at them."""
+    """Where the PUBLISH properties starting at ``at`` end, or -1 when paho must look at them.
+
+    Only what paho itself accepts is decoded here: each property at most once
+    (user properties and subscription identifiers excepted), a payload format
+    indicator of 0 or 1, a subscription identifier of at least 1.
+    """
     length, at = _varint(data, at, stop)
     if at < 0 or at + length > stop:
         return -1
     end = at + length
+    seen = 0
     while at < end:
-        kind = PUBLISH_PROPERTIES.get(data[at])
+        ident = data[at]
+        kind = PUBLISH_PROPERTIES.get(ident)
         at += 1
         if kind is None:  # unknown here, not allowed on a PUBLISH, or a topic alias
             return -1
+        if ident not in _REPEATABLE:
+            if seen & (1 << ident):
+                return -1
+            seen |= 1 << ident
         if kind > 0:
+            if ident == _PAYLOAD_FORMAT and (at >= end or data[at] > 1):
+                return -1
             at += kind
         elif kind == _VARINT:
-            _, at = _varint(data, at, end)
-            if at < 0:
+            value, at = _varint(data, at, end)
+            if at < 0 or value < 1:
                 return -1
         else:
             for _ in range(2 if kind == _PAIR else 1):
