@@ -10,9 +10,17 @@ os.environ.setdefault("TZ", "<-03>3")
 if hasattr(time, "tzset"):  # not on Windows, where wheels run the hot-path tests only
     time.tzset()
 
+import sqlite3  # noqa: E402
+from datetime import datetime  # noqa: E402
+
 import pytest  # noqa: E402
 
 from autocore import _fast  # noqa: E402
+
+# Tests write rows through sqlite3 the way the Config App does, with datetime values.
+# Python 3.12 deprecated sqlite3's implicit datetime adapter; this is the same text
+# ("YYYY-MM-DD HH:MM:SS[.ffffff]"), made explicit.
+sqlite3.register_adapter(datetime, lambda moment: moment.isoformat(" "))
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

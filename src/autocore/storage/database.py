@@ -255,6 +255,7 @@ class Database:
         except BaseException as exc:
             self.failure = exc
             log.critical("the database thread died: %r; nothing more can be stored", exc, exc_info=exc)
+            self._drop_connection()  # its connection (and the write lock it may hold) goes with it
             self._fail_queued_jobs(exc)
             if self.on_failure is not None:
                 try:
