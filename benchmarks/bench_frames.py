@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from autocore import _fast
 from autocore.client import _BufferedClient
-from benchmarks.wear import FULL_PAYLOAD
+from benchmarks.e2e import FULL_PAYLOAD
 
 pytestmark = pytest.mark.benchmark(group="frames", warmup=True)
 

@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -933,6 +934,18 @@ def drain_result(build: str, devices: int, count: int, queued: int, times: list[
     return result
 
 
+def sampled_answer(proc: Any, out: Any, timeout_s: float, join_s: float) -> tuple[Any, ProcessSampler]:
+    """Sample a started process's CPU and RSS until it puts its one answer on ``out``, then let it end."""
+    assert proc.pid is not None
+    sampler = ProcessSampler(proc.pid, DRAIN_SAMPLE_S)
+    sampler.start()
+    answer = out.get(timeout=timeout_s)
+    sampler.stop_event.set()
+    sampler.join()
+    proc.join(join_s)
+    return answer, sampler
+
+
 def run_drain_raw(devices: int, count: int) -> Result:
     """Drain ceiling of a minimal paho MQTT 5 subscriber, on a private broker of its own."""
     with Mosquitto(extra_config=DRAIN_BROKER_CONFIG) as broker:
@@ -945,12 +958,7 @@ def run_drain_raw(devices: int, count: int) -> Result:
         watcher.start()
         proc = mp.Process(target=_raw_drainer, args=(broker.host, broker.port, published, out))
         proc.start()
-        sampler = ProcessSampler(proc.pid, DRAIN_SAMPLE_S)
-        sampler.start()
-        times = out.get(timeout=DRAIN_TIMEOUT_S + 30)
-        sampler.stop_event.set()
-        sampler.join()
-        proc.join(10)
+        times, sampler = sampled_answer(proc, out, DRAIN_TIMEOUT_S + 30, join_s=10)
         watcher.stop_event.set()
     return drain_result("raw-paho", devices, published, queued, times, watcher.connected_at, sampler)
 
@@ -1304,13 +1312,7 @@ def run_insert_path(config: str, devices: int, count: int) -> Result:
         proc = spawn.Process(target=_insert_path, args=(str(db_path), dict(GATEWAY_ENV), devices, count,
                                                         PAYLOAD_TEMPLATE, config == "insert-path-window", out))
         proc.start()
-        assert proc.pid is not None
-        sampler = ProcessSampler(proc.pid, DRAIN_SAMPLE_S)
-        sampler.start()
-        found = out.get(timeout=DRAIN_TIMEOUT_S + 120)
-        sampler.stop_event.set()
-        sampler.join()
-        proc.join(30)
+        found, sampler = sampled_answer(proc, out, DRAIN_TIMEOUT_S + 120, join_s=30)
     result = Result("drain", config, devices, 0.0, round(found["span_s"], 3), sent=count, stored=found["distinct"])
     result.lost = count - found["distinct"]
     result.stored_per_s = round(found["acked"] / found["span_s"], 1) if found["span_s"] > 0 else 0.0

@@ -106,8 +106,8 @@ from autocore.overview import fetch, parse_metrics
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import e2e  # noqa: E402  (run as a script from the repository root)
 from benchmarks.e2e import (  # noqa: E402
-    FIXTURES,
     LIVE_BROKER_CONFIG,
+    PAYLOADS,
     DRAIN_S,
     PUBLISH_DELAY_S,
     ProcessSampler,
@@ -145,16 +145,6 @@ SNAPSHOT_TRIES = 20
 MEMORY_FS = ("tmpfs", "ramfs")
 #: Broker lines for --qos 1: deliver at the subscription's QoS (the gateway subscribes at QoS 1).
 QOS1_BROKER_CONFIG = ["upgrade_outgoing_qos true"]
-#: A sensor board's full report; the publishers put their send time into analog_sensors.
-FULL_PAYLOAD = {
-    "protocol_version": "2.2.0",
-    "uuid": "esp32-sensor-001",
-    "timestamp": "2025-08-12T20:53:17Z",
-    "analog_sensors": {},
-    "system_status": json.loads((FIXTURES / "telemetry_analog_system.json").read_text())["system_status"],
-    "gps": json.loads((FIXTURES / "telemetry_gps.json").read_text())["gps"],
-}
-PAYLOADS = {"full": FULL_PAYLOAD, "can": e2e.PAYLOAD_TEMPLATE}
 WAL_HEADER_BYTES = 32
 WAL_FRAME_HEADER_BYTES = 24
 #: The -shm file starts with two copies of the 48-byte WAL index header, then the checkpoint info.

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,13 +21,17 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def test_e2e_smoke_run_stores_everything(tmp_path: Path) -> None:
-    results = tmp_path / "smoke.jsonl"
-    run = subprocess.run([sys.executable, "benchmarks/e2e.py", "--smoke", "--json", str(results)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+def e2e(tmp_path: Path, *args: str, timeout_s: float = 120) -> tuple[str, list[dict[str, Any]]]:
+    """Run ``benchmarks/e2e.py`` with ``args``; require exit 0; return its output and JSON lines."""
+    results = tmp_path / "results.jsonl"
+    run = subprocess.run([sys.executable, "benchmarks/e2e.py", *args, "--json", str(results)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
     assert run.returncode == 0, run.stdout + run.stderr
-    (line,) = results.read_text().splitlines()
-    result = json.loads(line)
+    return run.stdout, [json.loads(line) for line in results.read_text().splitlines()]
+
+
+def test_e2e_smoke_run_stores_everything(tmp_path: Path) -> None:
+    _, (result,) = e2e(tmp_path, "--smoke")
     assert result["mode"] == "smoke" and result["sent"] > 0
     assert result["stored"] == result["sent"] and result["lost"] == 0
     assert result["log_warnings"] == []
@@ -34,13 +39,8 @@ def test_e2e_smoke_run_stores_everything(tmp_path: Path) -> None:
 
 def test_e2e_floors_run_splits_the_gateway_by_thread(tmp_path: Path) -> None:
     """One short repetition of ``--floors``: every consumer measured, the database thread found by name."""
-    results = tmp_path / "floors.jsonl"
-    run = subprocess.run([sys.executable, "benchmarks/e2e.py", "--floors", "--rates", "500", "--repeat", "1",
-                          "--duration", "2", "--idle", "0", "--payload", "full",
-                          "--env", "AUTOCORE_WRITE_INTERVAL=0.2", "--json", str(results)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stdout + run.stderr
-    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    stdout, lines = e2e(tmp_path, "--floors", "--rates", "500", "--repeat", "1", "--duration", "2", "--idle", "0",
+                        "--payload", "full", "--env", "AUTOCORE_WRITE_INTERVAL=0.2")
     runs = {line["build"]: line for line in lines if line["mode"] == "floors"}
     assert set(runs) == {"compiled", "paho-3.1.1", "paho-5", "sqlite3"}
     gateway = runs["compiled"]
@@ -51,18 +51,14 @@ def test_e2e_floors_run_splits_the_gateway_by_thread(tmp_path: Path) -> None:
     assert runs["sqlite3"]["extra"]["rows_per_message"] == 12  # the full payload's readings
     (summary,) = [line for line in lines if line["mode"] == "floors-summary"]
     assert summary["extra"]["threads_split"] == 1
-    assert "| 500 |" in run.stdout
+    assert "| 500 |" in stdout
 
 
 def test_e2e_qos1_drain_matches_the_insert_path_row_for_row(tmp_path: Path) -> None:
     """``--drain --qos 1``: the gateway and its insert path alone store the same backlog, nothing twice."""
-    results = tmp_path / "drain.jsonl"
-    run = subprocess.run([sys.executable, "benchmarks/e2e.py", "--drain", "--qos", "1", "--messages", "2000",
-                          "--repeat", "1", "--builds", "compiled", "--payload", "full",
-                          "--env", "AUTOCORE_WRITE_INTERVAL=0.02", "--json", str(results)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=180)
-    assert run.returncode == 0, run.stdout + run.stderr
-    lines = {line["build"]: line for line in map(json.loads, results.read_text().splitlines())}
+    _, results = e2e(tmp_path, "--drain", "--qos", "1", "--messages", "2000", "--repeat", "1", "--builds", "compiled",
+                     "--payload", "full", "--env", "AUTOCORE_WRITE_INTERVAL=0.02", timeout_s=180)
+    lines = {line["build"]: line for line in results}
     assert set(lines) == {"insert-path", "insert-path-window", "compiled"}
     for line in lines.values():
         assert line["sent"] == 2000 and line["stored"] == 2000 and line["lost"] == 0
