@@ -225,6 +225,25 @@ def test_sqlalchemy_transaction_commits_or_rolls_back_the_rows(impl: _fast.Imple
         engine.dispose()
 
 
+def test_closing_the_connection_closes_the_database(impl: _fast.Implementation, installed_db: Path) -> None:
+    """The last close checkpoints and removes the WAL, as after ``executemany``.
+
+    A statement the insert kept prepared used to hold the connection open
+    past pysqlite's close: a clean shutdown left -wal and -shm behind, and the
+    next opener had to recover the WAL.
+    """
+    insert = impl.TelemetryInsert(SQL)  # alive after the close, as the writer's is
+    conn = connect(installed_db)
+    insert.insert(conn, sample_batch(5))
+    conn.commit()
+    wal = installed_db.with_name(installed_db.name + "-wal")
+    assert wal.exists()
+    conn.close()
+    assert not wal.exists()
+    assert not installed_db.with_name(installed_db.name + "-shm").exists()
+    assert stored(installed_db) == 5 * 12
+
+
 # -- errors -------------------------------------------------------------------------
 
 

@@ -324,9 +324,12 @@ cdef int _text(object value, const char** text, int* size) noexcept:
 cdef class TelemetryInsert:
     """One INSERT statement of six parameters, run for a batch of messages.
 
-    The prepared statement is kept for the last connection handle seen and
-    finalized when another one comes or this object goes (SQLite finalizes a
-    statement of a connection pysqlite has closed since: ``sqlite3_close_v2``).
+    The statement is prepared for each call and finalized before it returns.
+    A statement kept prepared keeps its connection open after pysqlite closes
+    it (``sqlite3_close_v2`` waits for it), so the last close of the database
+    did not checkpoint and remove the WAL: a clean shutdown left ``-wal`` and
+    ``-shm`` behind, as a crash does. Preparing costs microseconds; a call
+    carries a whole commit's rows.
     """
 
     cdef object _sql
@@ -373,6 +376,7 @@ cdef class TelemetryInsert:
                 return self._pure.insert(dbapi_connection, batch)
             return self._insert(dbapi_connection, db, batch)
         finally:
+            self._forget()  # never outlive the call: see the class docstring
             self._busy = False
 
     cdef void* _handle(self, connection) except? NULL:
@@ -390,11 +394,8 @@ cdef class TelemetryInsert:
         db = (<autocore_pysqlite_connection*><PyObject*>connection).db
         if db == NULL:  # closed: pysqlite raises ProgrammingError
             return NULL
-        if db == self._db and self._stmt != NULL:
-            return db
         if not _same_database(connection, db) or size > INT_MAX:
             return NULL
-        self._forget()
         with nogil:  # preparing may wait on the schema lock (busy timeout)
             rc = _prepare_v2(db, sql, <int>size, &stmt, &tail)
         if rc != SQLITE_OK or stmt == NULL or not _only_space(tail) or not _six_plain_parameters(stmt) \
@@ -408,7 +409,7 @@ cdef class TelemetryInsert:
         return db
 
     cdef int _forget(self) except -1:
-        """Finalize the statement: a new connection or a new SQL text comes."""
+        """Finalize the statement: the call that prepared it is over."""
         cdef void* stmt = self._stmt
         self._stmt = NULL
         self._db = NULL
