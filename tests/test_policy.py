@@ -35,13 +35,13 @@ def test_acks_owed_and_caps_make_a_commit_urgent() -> None:
     assert policy.urgent(pending_rows=0, acks_owed=0, queued=0, stopping=True)
 
 
-def _database(installed_db: Path, write_interval_s: float, ack_window: int) -> Database:
+def _database(installed_db: Path, write_interval_s: float, ack_window: int, reliable: Ring | None = None) -> Database:
     engine = open_engine(Settings.from_env({"DATABASE_PATH": str(installed_db)}, env_file=None))
     ensure_schema(engine)
     with closing(sqlite3.connect(installed_db)) as conn, conn:
         conn.execute("INSERT INTO devices (id, uuid, name, type, status, is_active) "
                      "VALUES (7, 'esp32-can-001', 'CAN', 'esp32_can', 'online', 1)")
-    db = Database(engine, Ring(10_000), 10, 60.0, write_interval_s=write_interval_s, ack_window=ack_window)
+    db = Database(engine, Ring(10_000), 10, 60.0, reliable, write_interval_s=write_interval_s, ack_window=ack_window)
     db.start()
     return db
 
@@ -64,6 +64,29 @@ def test_a_qos1_backlog_commits_at_half_the_window_not_at_the_interval(installed
         db.stop()
         db.close()
     assert len(acks) == 15  # flushed at shutdown
+
+
+def test_committed_acks_no_longer_count_as_backlog_when_they_are_handed_over(installed_db: Path) -> None:
+    """Reading resumes only where the acks arrive: they must not still count as owed there.
+
+    The loop thread runs the acks callback as soon as it is scheduled; if the
+    database thread reset its count only afterwards, a paused reader saw a high
+    backlog that was gone, and no later commit came to resume it (a hang).
+    """
+    db = _database(installed_db, write_interval_s=60.0, ack_window=20, reliable=Ring(40, "reject"))
+    assert db._reliable_low < 10  # the commit below is a backlog until it is acked
+    low_when_acked: list[bool] = []
+    db.on_acks = lambda acks: low_when_acked.append(db.reliable_backlog_low())
+    try:
+        time.sleep(0.2)
+        now = datetime.now()
+        for n in range(10):  # half the window: one commit
+            db.push_reliable(TelemetryItem(7, "esp32-can-001", now, ROWS, ack=(n + 1, 1), dedup_key=f"k{n}"))
+        wait_for(lambda: low_when_acked, what="the acks of the commit")
+        assert low_when_acked == [True]
+    finally:
+        db.stop()
+        db.close()
 
 
 def test_qos0_telemetry_is_committed_once_per_interval(installed_db: Path) -> None:

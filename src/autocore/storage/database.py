@@ -296,7 +296,6 @@ class Database:
             if pending and (urgent or policy.due(now - last_commit, now - oldest, pending_rows)):
                 if self._write_batch(pending):
                     pending, pending_rows, retry_s = [], 0, RETRY_MIN_S
-                    self._acks_pending = 0
                     last_commit = time.monotonic()
                     continue
                 if stopping and retry_s >= RETRY_MAX_S:
@@ -446,6 +445,9 @@ class Database:
         if self.on_batch_seconds is not None:
             self.on_batch_seconds(self.last_batch_seconds)
         acks = [item.ack for item in items if item.ack is not None]
+        # No longer owed once committed, and before the loop thread sees them: it
+        # resumes a paused reader only if the backlog is low when the acks arrive.
+        self._acks_pending = 0
         if acks and self.on_acks is not None:
             self.on_acks(acks)
         return True
