@@ -162,7 +162,8 @@ class Gateway:
         reporter = ErrorReporter(settings.gateway_uuid, self._publish)
         self.reporter = reporter
         self.pipeline = Pipeline(settings, self.db, self.registry, self.metrics, reporter, self._publish)
-        self.client = MqttClient(settings, subscriptions, self.pipeline.handle)
+        self.client = MqttClient(settings, subscriptions, self.pipeline.handle,
+                                 on_publishes=self.pipeline.handle_batch)
         self.pipeline.ack = self.client.ack
         client = self.client
         self.pipeline.generation = lambda: client.generation
