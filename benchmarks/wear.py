@@ -214,18 +214,18 @@ class WearResult:
     stored_per_s: float = 0.0
     readings_per_s: float = 0.0
     write_bytes: int = 0
-    written_per_reading: float = 0.0
-    written_raw_per_reading: float = 0.0
+    written_per_reading: float | None = None  # None: no reading was committed in the window
+    written_raw_per_reading: float | None = None  # None: no reading was committed in the window
     gb_per_day: float = 0.0
-    growth_per_reading: float = 0.0
-    file_growth_per_reading: float = 0.0
+    growth_per_reading: float | None = None  # None: no reading was committed in the window
+    file_growth_per_reading: float | None = None  # None: no reading was committed in the window
     commits_per_s: float | None = None
     readings_per_commit: float | None = None
     cpu_us_per_message: float = 0.0
     cpu_percent: float = 0.0
     files_end: dict[str, int] = field(default_factory=dict)
     io_delta: dict[str, int] = field(default_factory=dict)
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, float | None] = field(default_factory=dict)
     log_warnings: list[str] = field(default_factory=list)
 
 
@@ -475,7 +475,11 @@ def summarise(result: WearResult, start: Snapshot, end: Snapshot, readings: int,
     corrected = start.owed_pages is not None and end.owed_pages is not None
     owed = ((end.owed_pages or 0) - (start.owed_pages or 0)) * end.page_size if corrected else 0
     written = io["write_bytes"] - io.get("cancelled_write_bytes", 0) + owed
-    per = max(readings, 1)
+
+    def per_reading(value: float) -> float | None:
+        """None when the window held no commit: bytes over zero readings mean nothing."""
+        return round(value / readings, 1) if readings else None
+
     result.window_s = round(elapsed, 2)
     result.lost = max(0, result.sent - result.stored_messages)
     result.readings = readings
@@ -483,12 +487,12 @@ def summarise(result: WearResult, start: Snapshot, end: Snapshot, readings: int,
     result.stored_per_s = round(messages / elapsed, 1)
     result.readings_per_s = round(readings / elapsed, 1)
     result.write_bytes = written
-    result.written_per_reading = round(written / per, 1)
-    result.written_raw_per_reading = round((io["write_bytes"] - io.get("cancelled_write_bytes", 0)) / per, 1)
+    result.written_per_reading = per_reading(written)
+    result.written_raw_per_reading = per_reading(io["write_bytes"] - io.get("cancelled_write_bytes", 0))
     result.gb_per_day = round(written / elapsed * 86400 / 1e9, 2)
-    result.growth_per_reading = round((end.page_count - start.page_count) * end.page_size / per, 1)
+    result.growth_per_reading = per_reading((end.page_count - start.page_count) * end.page_size)
     grown = (end.files["db"] + end.files["wal"]) - (start.files["db"] + start.files["wal"])
-    result.file_growth_per_reading = round(grown / per, 1)
+    result.file_growth_per_reading = per_reading(grown)
     if start.batches is not None and end.batches is not None:
         batches = end.batches - start.batches
         result.commits_per_s = round(batches / elapsed, 3)
@@ -501,7 +505,7 @@ def summarise(result: WearResult, start: Snapshot, end: Snapshot, readings: int,
         "checkpoint_owed_counted": int(corrected),
         "owed_checkpoint_bytes_start": (start.owed_pages or 0) * start.page_size,
         "owed_checkpoint_bytes_end": (end.owed_pages or 0) * end.page_size,
-        "wchar_per_reading": round(io["wchar"] / per, 1),
+        "wchar_per_reading": per_reading(io["wchar"]),
         "write_syscalls_per_s": round(io["syscw"] / elapsed, 1),
     })
 
@@ -528,9 +532,9 @@ def median_result(runs: list[WearResult]) -> WearResult:
     merged.write_bytes = sum(r.write_bytes for r in runs)
     merged.files_end = {key: int(statistics.median(r.files_end.get(key, 0) for r in runs))
                         for key in runs[0].files_end}
-    written = [r.written_per_reading for r in runs]
-    merged.extra = {"runs": len(runs), "written_per_reading_min": min(written),
-                    "written_per_reading_max": max(written)}
+    written = [r.written_per_reading for r in runs if r.written_per_reading is not None]
+    merged.extra = {"runs": len(runs), "written_per_reading_min": min(written, default=None),
+                    "written_per_reading_max": max(written, default=None)}
     return merged
 
 
@@ -602,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
                                   load.warmup_s(args.warmup), args.window, args.prefill, args.dir, fs,
                                   args.keep)
                 report(result, args.json)  # type: ignore[arg-type]  (any dataclass with ``extra``)
+                if not result.readings:
+                    print(f"no reading was committed in the {args.window:g} s window: at this load the "
+                          "gateway commits once per write interval (AUTOCORE_WRITE_INTERVAL, 60 s by "
+                          "default), so widen --window past it", flush=True)
                 runs[config].append(result)
         for config_runs in runs.values():
             median = median_result(config_runs)

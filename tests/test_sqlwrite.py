@@ -569,7 +569,9 @@ def test_other_threads_run_during_a_long_batch(impl: _fast.Implementation, datab
     elapsed = time.perf_counter() - started
     done.set()
     thread.join()
-    assert len(gaps) >= 5 and max(gaps) < max(0.05, elapsed / 3), (max(gaps), elapsed)
+    # Held for the whole call, the GIL would leave one gap as long as the call; a busy
+    # machine's scheduling makes gaps of tens of milliseconds, never most of the call.
+    assert len(gaps) >= 5 and max(gaps) < elapsed / 2, (max(gaps), elapsed)
 
 
 # -- random batches -----------------------------------------------------------------

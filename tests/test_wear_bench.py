@@ -39,3 +39,17 @@ def test_wear_smoke_run_measures_a_window(tmp_path: Path, qos: int) -> None:
         assert single["write_bytes"] > 0 and single["written_per_reading"] > 0
     assert single["log_warnings"] == []
     assert "written B/reading" in run.stdout
+
+
+def test_a_window_without_a_commit_says_so_instead_of_a_figure(tmp_path: Path) -> None:
+    """At the default 60 s interval a 3 s window holds no commit: no bytes per reading to report."""
+    results = tmp_path / "wear.jsonl"
+    run = subprocess.run(
+        [sys.executable, "benchmarks/wear.py", "--loads", "5x5", "--runs", "1", "--warmup", "1",
+         "--window", "3", "--dir", str(tmp_path), "--any-fs", "--json", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    single, median = (json.loads(line) for line in results.read_text().splitlines())
+    assert single["readings"] == 0 and single["written_per_reading"] is None
+    assert median["written_per_reading"] is None
+    assert "no reading was committed in the 3 s window" in run.stdout
