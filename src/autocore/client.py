@@ -563,7 +563,26 @@ class MqttClient:
         """
         if sock.fileno() == -1 or sock is not self.client.socket():
             return
-        add(sock, callback)
+        try:
+            add(sock, callback)
+        except RuntimeError:
+            self._rewatch(sock, add is self._loop.add_writer)
+
+    def _rewatch(self, sock: Any, writing: bool) -> None:
+        """Register the socket anew after the loop dropped it.
+
+        When epoll reports an error on a socket (the broker reset the
+        connection with bytes still unread), uvloop runs the callbacks once,
+        closes its poll handle and keeps it under the descriptor: from then on
+        the socket is not watched, and every add_reader/add_writer of that
+        descriptor raises. Removing both frees the descriptor; watched again,
+        the socket is read to its end, and paho sees the connection lost.
+        """
+        self._forget_socket(sock)
+        if not self.reading_paused:
+            self._loop.add_reader(sock, self._read)
+        if writing or self.client.want_write():
+            self._loop.add_writer(sock, self._write)
 
     def _watch_reads(self, sock: Any) -> None:
         if not self.reading_paused:  # else resume_reading() registers it
@@ -593,6 +612,11 @@ class MqttClient:
         while True:
             await asyncio.sleep(MISC_INTERVAL_S)
             self.client.loop_misc()
+            sock = self.client.socket()
+            if sock is not None and not self.reading_paused:
+                # A socket the loop stopped watching after an error (see _rewatch) is
+                # watched again here, so the connection loss shows within a second.
+                self._watch(sock, self._loop.add_reader, self._read)
 
     # -- protocol callbacks (loop thread) ----------------------------------------
 
