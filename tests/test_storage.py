@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 import time
 from contextlib import closing
@@ -130,3 +131,17 @@ def test_own_commits_do_not_run_the_pollers_but_another_process_commit_does(data
     # Well before the fallback poll (storage.changes.WATCHED_POLL_S, 10 s).
     wait_for(lambda: len(runs) > settled, timeout_s=5.0, what="a poll after another process committed")
 
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="sqlite3 errors name their code from Python 3.11")
+def test_a_database_error_names_its_extended_code(tmp_path: Path) -> None:
+    """"disk I/O error" alone does not say which step failed; SQLite's extended code does."""
+    from sqlalchemy.exc import OperationalError
+
+    from autocore.storage.engine import short_error
+
+    engine = open_engine(Settings.from_env({"DATABASE_PATH": str(tmp_path)}, env_file=None))  # a folder
+    with pytest.raises(OperationalError) as caught:
+        engine.connect().close()
+    engine.dispose()
+    assert short_error(caught.value) == "unable to open database file (SQLITE_CANTOPEN)"

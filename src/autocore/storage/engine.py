@@ -84,5 +84,8 @@ def is_read_only(exc: BaseException) -> bool:
 
 def short_error(exc: BaseException) -> str:
     """The first line of a database error, without the SQL and parameters SQLAlchemy appends."""
-    text = str(getattr(exc, "orig", None) or exc)
-    return text.splitlines()[0] if text else type(exc).__name__
+    driver_error = getattr(exc, "orig", None) or exc
+    text = str(driver_error)
+    line = text.splitlines()[0] if text else type(exc).__name__
+    name = getattr(driver_error, "sqlite_errorname", None)  # the extended code names the failed step
+    return f"{line} ({name})" if name and name not in line else line
