@@ -30,7 +30,8 @@ from autocore.registry import Registry, mark_gateway_offline, register_gateway
 from autocore.reports import ErrorReporter
 from autocore.ringbuffer import Ring
 from autocore.schema import COMMANDS_CHANNEL, ensure_schema
-from autocore.storage import RELIABLE_CAPACITY, Database, TelemetryBuffer, open_engine, rows_for, short_error
+from autocore.storage import (RELIABLE_CAPACITY, Database, TelemetryBuffer, is_io_error, open_engine, rows_for,
+                              short_error)
 from autocore.storage.retention import Retention, RetentionSettings
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ LOSS_REPORT_S = 10.0
 STATUS_REQUEST_MIN_S = 60.0
 #: Longest wait for queued telemetry to reach the database at shutdown.
 FLUSH_TIMEOUT_S = 10.0
+#: Waits before each new attempt when opening the database meets an I/O error at start-up;
+#: after the last one the gateway exits with a failure.
+OPEN_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 #: Exit code after the database thread died (EX_SOFTWARE): systemd's
 #: Restart=on-failure starts the gateway again.
 EXIT_DATABASE_FAILED = 70
@@ -87,7 +91,7 @@ class Gateway:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
         try:
-            if not await self._unless_stopped(self._start_database()):
+            if not await self._unless_stopped(self._open_database()):
                 log.info("stopped while waiting for the database")
                 await self._stop_database(farewell=False)
                 return 0
@@ -128,11 +132,35 @@ class Gateway:
         step.cancel()
         return False
 
+    async def _open_database(self) -> None:
+        """Start the database, trying again a few times after an I/O error.
+
+        An I/O error opening SQLite can be transient (its shared-memory file
+        met while another process removes it; a storage device still settling
+        after a power cut). Waiting a few seconds costs less than an exit and
+        a restart by the service manager. Every other error is final at once.
+        """
+        for delay in (*OPEN_RETRY_DELAYS_S, None):
+            try:
+                await self._start_database()
+                return
+            except SQLAlchemyError as exc:
+                if delay is None or not is_io_error(exc):
+                    raise
+                log.warning("cannot open the database yet: %s; trying again in %gs", short_error(exc), delay)
+            await self._stop_database(farewell=False)
+            self.db = None
+            await asyncio.sleep(delay)
+
     async def _start_database(self) -> None:
         settings = self.settings
         loop = asyncio.get_running_loop()
         engine = open_engine(settings)
-        created = await loop.run_in_executor(None, ensure_schema, engine)
+        try:
+            created = await loop.run_in_executor(None, ensure_schema, engine)
+        except BaseException:
+            engine.dispose()
+            raise
         if created:
             log.info("created missing tables: %s", ", ".join(created))
         ring = TelemetryBuffer(Ring(settings.ring_capacity, "drop_oldest"), rows_for(settings.buffer_mb))

@@ -210,22 +210,39 @@ def test_the_harness_catches_commits_that_were_never_synced(lazyfs: LazyFSMount)
 # -- the gateway on SQLite --------------------------------------------------------------------
 
 
+#: Tries of a read on the mount (see ``read_db``).
+READ_TRIES = 5
+
+
+def read_db(db: Path, sql: str) -> list[Any]:
+    """Rows of ``sql`` on a connection of its own, as the Config App reads.
+
+    LazyFS now and then answers the opening of a WAL database's shared-memory
+    file with an I/O error (SQLITE_IOERR_SHMOPEN), cut or no cut: plain sqlite3
+    reopening a database there met it in 2 of 400 cycles, and never on ext4.
+    Such a read is tried again; the gateway does the same at start-up.
+    """
+    for attempt in range(READ_TRIES):
+        conn = sqlite3.connect(db, timeout=10)
+        try:
+            return conn.execute(sql).fetchall()
+        except sqlite3.OperationalError as exc:
+            if attempt == READ_TRIES - 1 or not getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR"):
+                raise
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
 def telemetry_numbers(db: Path) -> list[int]:
     """The analog_seq of every stored reading (duplicates kept), read as the Config App would."""
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        rows = conn.execute("SELECT data_value FROM telemetry_data WHERE data_key='analog_seq'").fetchall()
-    finally:
-        conn.close()
+    rows = read_db(db, "SELECT data_value FROM telemetry_data WHERE data_key='analog_seq'")
     return sorted(int(float(value)) for (value,) in rows)
 
 
 def integrity(db: Path) -> str:
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        return "; ".join(row[0] for row in conn.execute("PRAGMA integrity_check"))
-    finally:
-        conn.close()
+    return "; ".join(row[0] for row in read_db(db, "PRAGMA integrity_check"))
 
 
 @pytest.mark.slow

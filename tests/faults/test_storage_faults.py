@@ -217,3 +217,26 @@ def test_unwritable_database_at_first_start_is_one_clear_line(env, immutable) ->
     wait_for(lambda: not gateway.alive(), timeout_s=30, what="the gateway to give up")
     assert gateway.proc.returncode == 1
     assert "cannot open the database" in gateway.log and "Traceback" not in gateway.log
+
+
+def test_an_io_error_opening_the_database_at_start_up_is_tried_again(env) -> None:  # type: ignore[no-untyped-def]
+    """SQLITE_IOERR at start-up (seen on LazyFS after power cuts) gets a few more tries, not an exit.
+
+    A FIFO where the shared-memory file goes makes SQLite fail with
+    SQLITE_IOERR_SHMOPEN (it cannot be truncated) until it is removed.
+    """
+    first = env.gateway()  # the file is in WAL mode from here on
+    assert first.stop() == 0
+    shm = Path(f"{env.db}-shm")
+    shm.unlink(missing_ok=True)
+    os.mkfifo(shm)
+    try:
+        second = env.gateway(wait_ready=False)
+        wait_for(lambda: "cannot open the database yet" in second.log or not second.alive(),
+                 what="the start-up's first I/O error")
+    finally:
+        shm.unlink()
+    wait_for(lambda: "running" in second.log or not second.alive(), what="the gateway to start after all")
+    assert second.alive(), second.log
+    assert "SQLITE_IOERR_SHMOPEN" in second.log and "Traceback" not in second.log
+    assert second.stop() == 0

@@ -16,7 +16,7 @@
 
 from autocore.storage.buffer import TelemetryBuffer, rows_for
 from autocore.storage.database import RELIABLE_CAPACITY, Database
-from autocore.storage.engine import database_url, is_postgres, open_engine, short_error
+from autocore.storage.engine import database_url, is_io_error, is_postgres, open_engine, short_error
 from autocore.storage.policy import WRITE_INTERVAL_S, CommitPolicy
 from autocore.storage.retention import Retention, RetentionSettings
 from autocore.storage.telemetry import TelemetryItem
@@ -25,4 +25,5 @@ __all__ = [
     "RELIABLE_CAPACITY", "WRITE_INTERVAL_S", "CommitPolicy", "Database", "TelemetryBuffer", "TelemetryItem",
     "Retention", "RetentionSettings", "database_url", "is_postgres", "open_engine", "rows_for",
     "short_error",
+    "is_io_error",
 ]

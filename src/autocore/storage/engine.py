@@ -19,6 +19,8 @@ from autocore.storage.policy import configure_sqlite
 
 #: Primary SQLite result code of "attempt to write a readonly database".
 _SQLITE_READONLY = 8
+#: Primary SQLite result code of "disk I/O error" (SQLITE_IOERR_* extends it).
+_SQLITE_IOERR = 10
 
 
 def database_url(settings: Settings) -> str:
@@ -80,6 +82,13 @@ def is_read_only(exc: BaseException) -> bool:
     """Whether a sqlite3 error is "attempt to write a readonly database"."""
     code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; the message before that
     return (code & 0xFF) == _SQLITE_READONLY if code is not None else "readonly database" in str(exc)
+
+
+def is_io_error(exc: BaseException) -> bool:
+    """Whether SQLite failed on an I/O step ("disk I/O error", any SQLITE_IOERR_* code)."""
+    driver_error = getattr(exc, "orig", None) or exc
+    code = getattr(driver_error, "sqlite_errorcode", None)  # Python 3.11+; the message before that
+    return (code & 0xFF) == _SQLITE_IOERR if code is not None else "disk I/O error" in str(driver_error)
 
 
 def short_error(exc: BaseException) -> str:
