@@ -566,7 +566,7 @@ class MqttClient:
         try:
             add(sock, callback)
         except RuntimeError:
-            self._rewatch(sock, add is self._loop.add_writer)
+            self._rewatch(sock, add == self._loop.add_writer)  # bound methods: equal, never identical
 
     def _rewatch(self, sock: Any, writing: bool) -> None:
         """Register the socket anew after the loop dropped it.

@@ -23,7 +23,6 @@ from autocore.storage.telemetry import TelemetryItem
 
 __all__ = [
     "RELIABLE_CAPACITY", "WRITE_INTERVAL_S", "CommitPolicy", "Database", "TelemetryBuffer", "TelemetryItem",
-    "Retention", "RetentionSettings", "database_url", "is_postgres", "open_engine", "rows_for",
+    "Retention", "RetentionSettings", "database_url", "is_io_error", "is_postgres", "open_engine", "rows_for",
     "short_error",
-    "is_io_error",
 ]
