@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -622,6 +623,19 @@ def run_gateway(broker: Mosquitto, build: str, devices: int, rate_hz: float, dur
         return result
 
 
+def _subscribe_until_stopped(host: str, port: int, client_id: str, protocol: int,
+                             on_message: Callable[..., None], ready: mp.Event, stop: mp.Event) -> None:  # type: ignore[valid-type]
+    """A plain paho subscriber to all telemetry (QoS 1, as the gateway): ``ready`` once subscribed, until ``stop``."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    client.on_message = on_message
+    client.on_connect = lambda c, *a: c.subscribe(TELEMETRY_FILTER, 1)
+    client.on_subscribe = lambda *a: ready.set()
+    client.connect(host, port)
+    client.loop_start()
+    stop.wait()
+    client.loop_stop()
+
+
 def _raw_subscriber(host: str, port: int, ready: mp.Event, stop: mp.Event, count: mp.Value,  # type: ignore[valid-type]
                     out: mp.Queue, steady_from: float) -> None:  # type: ignore[type-arg]
     """Count messages and note each one's publish->receive latency: the floor under the gateway's.
@@ -643,14 +657,7 @@ def _raw_subscriber(host: str, port: int, ready: mp.Event, stop: mp.Event, count
             if sent_s >= steady_from:
                 latencies.append((time.time() - sent_s) * 1000)
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-raw", protocol=mqtt.MQTTv5)
-    client.on_message = on_message
-    client.on_connect = lambda c, *a: c.subscribe("autocore/devices/+/telemetry", 1)
-    client.on_subscribe = lambda *a: ready.set()
-    client.connect(host, port)
-    client.loop_start()
-    stop.wait()
-    client.loop_stop()
+    _subscribe_until_stopped(host, port, "bench-raw", mqtt.MQTTv5, on_message, ready, stop)
     count.value = received
     out.put([round(percentile(latencies, q), 2) for q in (0.50, 0.95, 0.99)])
 
@@ -1552,14 +1559,7 @@ def _counting_subscriber(host: str, port: int, protocol: int, ready: mp.Event, s
         nonlocal received
         received += 1
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-count-{os.getpid()}", protocol=protocol)
-    client.on_message = on_message
-    client.on_connect = lambda c, *a: c.subscribe(TELEMETRY_FILTER, 1)
-    client.on_subscribe = lambda *a: ready.set()
-    client.connect(host, port)
-    client.loop_start()
-    stop.wait()
-    client.loop_stop()
+    _subscribe_until_stopped(host, port, f"bench-count-{os.getpid()}", protocol, on_message, ready, stop)
     count.value = received
 
 

@@ -30,3 +30,13 @@ def typed(value: Any) -> Any:
     if isinstance(value, float):
         return ("float", math.copysign(1.0, value), value)
     return (type(value).__name__, value)
+
+
+def varint(value: int) -> bytes:
+    """MQTT's variable byte integer (remaining length, property lengths), for building packets."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

@@ -17,19 +17,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from autocore.client import _BufferedClient
+from tests.equivalence import varint
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 def publish_packet(topic: bytes, payload: bytes, qos: int, mid: int, dup: bool, retain: bool,

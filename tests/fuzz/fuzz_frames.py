@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+from pathlib import Path
 
 import atheris
 
@@ -27,14 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from autocore._fast import _frames
 from autocore.client import _BufferedClient
 
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for tests.equivalence
+from tests.equivalence import varint  # noqa: E402
 
 
 def _framed(provider: atheris.FuzzedDataProvider, mqtt5: bool) -> bytes:
@@ -48,9 +43,9 @@ def _framed(provider: atheris.FuzzedDataProvider, mqtt5: bool) -> bytes:
             body += struct.pack("!H", provider.ConsumeIntInRange(1, 65535))
         if mqtt5:
             properties = provider.ConsumeBytes(provider.ConsumeIntInRange(0, 12))
-            body += _varint(len(properties)) + properties
+            body += varint(len(properties)) + properties
         body += provider.ConsumeBytes(provider.ConsumeIntInRange(0, 200))
-        stream += bytes([0x30 | (qos << 1) | provider.ConsumeIntInRange(0, 1)]) + _varint(len(body)) + body
+        stream += bytes([0x30 | (qos << 1) | provider.ConsumeIntInRange(0, 1)]) + varint(len(body)) + body
     return stream
 
 
