@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from autocore._fast import decode_frames
+from autocore._fast import decode_frames, publish_fields
 from autocore._fast._frames_py import PAHO
 from autocore.config import Settings
 from autocore.errors import BrokerError
@@ -694,9 +694,7 @@ class MqttClient:
         """Hand a decoded batch to ``on_message``, one message at a time."""
         on_message = self.on_message
         for at in range(0, len(messages), 4):
-            header = messages[at + 2]
-            on_message(messages[at], messages[at + 1], bool(header & 0x01), (header >> 1) & 0x03,
-                       messages[at + 3], bool(header & 0x08))
+            on_message(*publish_fields(messages, at))
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from autocore import compression, envelope, topics
 from autocore._fast import _names as kinds
+from autocore._fast import publish_fields
 from autocore.config import Settings
 from autocore.envelope import Message, Validator
 from autocore.events import write_event
@@ -221,9 +222,7 @@ class Pipeline:
             metrics.telemetry_rows += rows_stored
 
     def _handle_frame(self, messages: list[Any], at: int) -> None:
-        header = messages[at + 2]
-        self.handle(messages[at], messages[at + 1], bool(header & 0x01), (header >> 1) & 0x03,
-                    messages[at + 3], bool(header & 0x08))
+        self.handle(*publish_fields(messages, at))
 
     def _process(self, topic_name: str | bytes, payload: bytes, retained: bool, qos: int, mid: int,
                  dup: bool, generation: int) -> None:

@@ -100,6 +100,17 @@ def _choose() -> tuple[dict[str, str], dict[str, ModuleType]]:
     return chosen, modules
 
 
+def publish_fields(messages: list[Any], at: int) -> tuple[Any, bytes, bool, int, int, bool]:
+    """The message at ``at`` of a ``decode_frames`` batch: topic, payload, retained, QoS, packet id, DUP.
+
+    The batch holds each message's fixed-header byte (see ``_frames_py``); this
+    reads its flags, in the order ``Pipeline.handle`` takes them.
+    """
+    header = messages[at + 2]
+    return (messages[at], messages[at + 1], bool(header & 0x01), (header >> 1) & 0x03, messages[at + 3],
+            bool(header & 0x08))
+
+
 if TYPE_CHECKING:  # type checkers always see the pure twins
     from ._compress_py import Compressor
     from ._frames_py import decode as decode_frames
@@ -134,5 +145,5 @@ else:
 __all__ = [
     "CYTHON", "Compressor", "IMPLEMENTATION", "IMPLEMENTATIONS", "MODULES", "PYTHON", "Implementation",
     "Message", "Reject", "decode_frames", "Ring", "TelemetryInsert", "Topic", "Validator",
-    "extensions_disabled", "load", "parse_topic",
+    "extensions_disabled", "load", "parse_topic", "publish_fields",
 ]

@@ -78,17 +78,21 @@ def _drop_read_only_connections(context: Any) -> None:
         context.is_disconnect = True
 
 
+def _sqlite_error_is(exc: BaseException, primary_code: int, message: str) -> bool:
+    """Whether a sqlite3 error (or SQLAlchemy's wrapper of one) has this primary result code."""
+    driver_error = getattr(exc, "orig", None) or exc
+    code = getattr(driver_error, "sqlite_errorcode", None)  # Python 3.11+; the message before that
+    return (code & 0xFF) == primary_code if code is not None else message in str(driver_error)
+
+
 def is_read_only(exc: BaseException) -> bool:
     """Whether a sqlite3 error is "attempt to write a readonly database"."""
-    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+; the message before that
-    return (code & 0xFF) == _SQLITE_READONLY if code is not None else "readonly database" in str(exc)
+    return _sqlite_error_is(exc, _SQLITE_READONLY, "readonly database")
 
 
 def is_io_error(exc: BaseException) -> bool:
     """Whether SQLite failed on an I/O step ("disk I/O error", any SQLITE_IOERR_* code)."""
-    driver_error = getattr(exc, "orig", None) or exc
-    code = getattr(driver_error, "sqlite_errorcode", None)  # Python 3.11+; the message before that
-    return (code & 0xFF) == _SQLITE_IOERR if code is not None else "disk I/O error" in str(driver_error)
+    return _sqlite_error_is(exc, _SQLITE_IOERR, "disk I/O error")
 
 
 def short_error(exc: BaseException) -> str:
