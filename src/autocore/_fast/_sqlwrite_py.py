@@ -34,12 +34,20 @@ class TelemetryInsert:
 
     def insert(self, dbapi_connection: Any, batch: list[Message]) -> int:
         """Insert every row of ``batch`` through ``dbapi_connection``; return the rows inserted."""
-        rows = [(ts, device_id, data_type, key, value, unit)
-                for ts, device_id, message_rows in batch
-                for data_type, key, value, unit in message_rows]
+        rows = flat_rows(batch)
         if rows:
             dbapi_connection.executemany(self._sql, rows)
         return len(rows)
+
+
+def flat_rows(batch: list[tuple[Any, Any, list[Row]]]) -> list[tuple[Any, ...]]:
+    """One positional tuple per row, as ``executemany`` (and PostgreSQL's COPY) take them.
+
+    The timestamp and device id pass through as they are (PostgreSQL's are not text).
+    """
+    return [(ts, device_id, data_type, key, value, unit)
+            for ts, device_id, message_rows in batch
+            for data_type, key, value, unit in message_rows]
 
 
 def _message(message: Any) -> tuple[Any, Any, Any]:

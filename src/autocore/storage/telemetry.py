@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError, InterfaceError
 
 from autocore._fast import TelemetryInsert
+from autocore._fast._sqlwrite_py import flat_rows
 from autocore.ratelimit import RateLimiter
 from autocore.schema import devices, gateway_message_keys, telemetry_data
 from autocore.storage.engine import is_read_only, short_error
@@ -114,13 +115,6 @@ _COPY_TELEMETRY = ("COPY telemetry_data (timestamp, device_id, data_type, data_k
                    "FROM STDIN")
 
 
-def _flat_rows(batch: list[Message]) -> list[tuple[Any, ...]]:
-    """One positional tuple per row, as COPY and ``executemany`` take them."""
-    return [(ts, device_id, data_type, key, value, unit)
-            for ts, device_id, rows in batch
-            for data_type, key, value, unit in rows]
-
-
 def _copy_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> None:
     """Stream telemetry rows into PostgreSQL with COPY, inside the caller's transaction."""
     raw = conn.connection.driver_connection
@@ -201,11 +195,11 @@ class TelemetryWriter:
     def _insert(self, conn: Connection, items: list[TelemetryItem]) -> BatchResult:
         batch, rows, duplicates, unknown = self._rows_for(conn, items)
         if rows and self._postgres:
-            _copy_rows(conn, _flat_rows(batch))
+            _copy_rows(conn, flat_rows(batch))
         elif rows and self._sqlite_insert is not None:
             _sqlite_rows(conn, self._sqlite_insert, batch)
         elif rows:
-            conn.exec_driver_sql(self._insert_sql, _flat_rows(batch))
+            conn.exec_driver_sql(self._insert_sql, flat_rows(batch))
         return BatchResult(rows, duplicates, unknown, [])
 
     def _rows_for(self, conn: Connection, items: list[TelemetryItem]) -> tuple[list[Message], int, int, int]:
