@@ -145,3 +145,42 @@ def test_a_database_error_names_its_extended_code(tmp_path: Path) -> None:
         engine.connect().close()
     engine.dispose()
     assert short_error(caught.value) == "unable to open database file (SQLITE_CANTOPEN)"
+
+
+def test_a_qos1_reading_of_a_new_device_is_stored_while_made_up_uuids_use_up_the_lookups(
+        installed_db: Path) -> None:
+    """The look-up budget sheds QoS 0 floods; a QoS 1 message is acknowledged once stored, so it must be.
+
+    A device the Config App registered after the gateway started is unknown to the
+    writer; its first reading came while a flood of made-up uuids had spent the
+    look-ups, and was acknowledged without a row.
+    """
+    from contextlib import contextmanager
+
+    from autocore.storage.telemetry import UNKNOWN_LOOKUP_BURST, TelemetryWriter
+
+    engine = open_engine(Settings.from_env({"DATABASE_PATH": str(installed_db)}, env_file=None))
+    ensure_schema(engine)
+    with closing(sqlite3.connect(installed_db)) as conn, conn:
+        conn.execute("INSERT INTO devices (uuid, name, type, status, is_active) "
+                     "VALUES ('esp32-can-001', 'CAN', 'esp32_can', 'online', 1)")
+    writer = TelemetryWriter(engine)
+
+    @contextmanager
+    def transaction():  # type: ignore[no-untyped-def]
+        with engine.connect() as conn, conn.begin():
+            yield conn
+
+    now = datetime.now()
+    row = [("can_bus", "can_rpm", "1", "rpm")]
+    try:
+        flood = [TelemetryItem(None, f"ghost-{n}", now, row) for n in range(UNKNOWN_LOOKUP_BURST + 50)]
+        assert writer.write(transaction, flood).unknown_rows == len(flood)
+        late = TelemetryItem(None, "esp32-can-001", now, row, ack=(1, 1, 0), dedup_key="k1")
+        best_effort = TelemetryItem(None, "esp32-can-001", now, row)
+        result = writer.write(transaction, [late])
+        assert result.rows == 1 and result.unknown_rows == 0
+        assert writer.write(transaction, [best_effort]).rows == 1  # known to the writer from here on
+    finally:
+        engine.dispose()
+    assert count(installed_db) == 2
