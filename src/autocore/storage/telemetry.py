@@ -220,7 +220,7 @@ class TelemetryWriter:
                     continue
             device_id = item.device_id
             if device_id is None:
-                device_id = self._device_id(conn, item.uuid, shed=item.ack is None)
+                device_id = self._device_id(conn, item.uuid)
                 if device_id is None:
                     unknown += len(item.rows)
                     continue
@@ -255,19 +255,13 @@ class TelemetryWriter:
             [item.dedup_key for item in keyed], [item.received_at for item in keyed]))
         return {key for (key,) in result}
 
-    def _device_id(self, conn: Connection, uuid: str, shed: bool = True) -> int | None:
-        """The device's id; None when the database has no such device, or, if ``shed``, past the look-up budget.
-
-        Only QoS 0 messages are shed: a QoS 1/2 message is acknowledged with its
-        batch, so it is looked up whatever the budget (the broker's receive
-        maximum already paces those).
-        """
+    def _device_id(self, conn: Connection, uuid: str) -> int | None:
         cached = self._device_ids.get(uuid)
         if cached is not None:
             self._device_ids.move_to_end(uuid)
             return cached
         now = time.monotonic()
-        if self._unknown.get(uuid, 0.0) > now or (shed and not self._lookups.allow("")):
+        if self._unknown.get(uuid, 0.0) > now or not self._lookups.allow(""):
             return None
         found = conn.execute(
             select(devices.c.id).where(devices.c.uuid == uuid, devices.c.is_active.is_not(False))
