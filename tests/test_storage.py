@@ -147,21 +147,18 @@ def test_a_database_error_names_its_extended_code(tmp_path: Path) -> None:
     assert short_error(caught.value) == "unable to open database file (SQLITE_CANTOPEN)"
 
 
-@pytest.mark.xfail(strict=True, reason="known defect, not fixed yet: the writer sheds a QoS 1 message's device "
-                   "look-up past its budget and acknowledges the message without its rows; looking QoS 1 up "
-                   "regardless breaks the look-up bound of tests/faults/test_floods.py, so a shed QoS 1 "
-                   "message must instead wait, unacknowledged, for the budget")
-def test_a_qos1_reading_of_a_new_device_is_stored_while_made_up_uuids_use_up_the_lookups(
-        installed_db: Path) -> None:
-    """The look-up budget sheds QoS 0 floods; a QoS 1 message is acknowledged once stored, so it must be.
+def test_a_new_device_is_stored_while_made_up_uuids_flood_the_writer(installed_db: Path) -> None:
+    """A flood of made-up uuids costs the writer one look-up statement per batch, and sheds no real device.
 
-    A device the Config App registered after the gateway started is unknown to the
-    writer; its first reading came while a flood of made-up uuids had spent the
-    look-ups, and was acknowledged without a row.
+    The writer once looked uuids up one by one within a budget (200, then 50 a
+    second). A device the Config App registered after the gateway started came
+    after a flood had spent it: its QoS 1 reading was acknowledged without a row.
     """
     from contextlib import contextmanager
 
-    from autocore.storage.telemetry import UNKNOWN_LOOKUP_BURST, TelemetryWriter
+    from sqlalchemy import event
+
+    from autocore.storage.telemetry import LOOKUP_CHUNK, TelemetryWriter
 
     engine = open_engine(Settings.from_env({"DATABASE_PATH": str(installed_db)}, env_file=None))
     ensure_schema(engine)
@@ -169,6 +166,9 @@ def test_a_qos1_reading_of_a_new_device_is_stored_while_made_up_uuids_use_up_the
         conn.execute("INSERT INTO devices (uuid, name, type, status, is_active) "
                      "VALUES ('esp32-can-001', 'CAN', 'esp32_can', 'online', 1)")
     writer = TelemetryWriter(engine)
+    lookups: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda _c, _cur, sql, *_a: lookups.append(sql) if "FROM devices" in sql else None)
 
     @contextmanager
     def transaction():  # type: ignore[no-untyped-def]
@@ -178,13 +178,15 @@ def test_a_qos1_reading_of_a_new_device_is_stored_while_made_up_uuids_use_up_the
     now = datetime.now()
     row = [("can_bus", "can_rpm", "1", "rpm")]
     try:
-        flood = [TelemetryItem(None, f"ghost-{n}", now, row) for n in range(UNKNOWN_LOOKUP_BURST + 50)]
-        assert writer.write(transaction, flood).unknown_rows == len(flood)
-        late = TelemetryItem(None, "esp32-can-001", now, row, ack=(1, 1, 0), dedup_key="k1")
-        best_effort = TelemetryItem(None, "esp32-can-001", now, row)
-        result = writer.write(transaction, [late])
-        assert result.rows == 1 and result.unknown_rows == 0
-        assert writer.write(transaction, [best_effort]).rows == 1  # known to the writer from here on
+        flood = [TelemetryItem(None, f"ghost-{n}", now, row, ack=(n + 1, 1, 0), dedup_key=f"g{n}")
+                 for n in range(2 * LOOKUP_CHUNK + 1)]
+        late = TelemetryItem(None, "esp32-can-001", now, row, ack=(9999, 1, 0), dedup_key="k1")
+        result = writer.write(transaction, [*flood, late])
+        assert (result.rows, result.unknown_rows) == (1, len(flood))
+        assert len(lookups) == 3  # one statement per LOOKUP_CHUNK uuids
+        again = writer.write(transaction, [*flood, TelemetryItem(None, "esp32-can-001", now, row)])
+        assert (again.rows, again.unknown_rows) == (1, len(flood))
+        assert len(lookups) == 3  # found and missing uuids are both remembered
     finally:
         engine.dispose()
     assert count(installed_db) == 2

@@ -10,6 +10,7 @@ writer to retry.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,7 +23,6 @@ from sqlalchemy.exc import DataError, IntegrityError, InterfaceError
 
 from autocore._fast import TelemetryInsert
 from autocore._fast._sqlwrite_py import flat_rows
-from autocore.ratelimit import RateLimiter
 from autocore.schema import devices, gateway_message_keys, telemetry_data
 from autocore.storage.engine import is_read_only, short_error
 
@@ -30,10 +30,10 @@ from autocore.storage.engine import is_read_only, short_error
 UNKNOWN_DEVICE_TTL_S = 30.0
 #: Device ids remembered by the writer (uuid -> devices.id).
 DEVICE_ID_CACHE_SIZE = 4096
-#: Look-ups of unknown device uuids per second (and burst) on the writer thread:
-#: a flood of made-up uuids must not turn into a SELECT per message.
-UNKNOWN_LOOKUPS_PER_S = 50.0
-UNKNOWN_LOOKUP_BURST = 200
+#: Uuids per look-up statement: a batch's unknown uuids are looked up together,
+#: so a flood of made-up uuids costs a statement per batch, not one per message,
+#: and no reading of a real device is ever given up for want of a look-up.
+LOOKUP_CHUNK = 500
 #: DB-API error classes that blame the rows, not the database (PEP 249 names, so
 #: sqlite3's and psycopg's alike), and Python errors raised while a row is encoded.
 _ROW_ERROR_NAMES = frozenset({"DataError", "IntegrityError", "InterfaceError"})
@@ -166,7 +166,6 @@ class TelemetryWriter:
         self._sqlite_insert = TelemetryInsert(self._insert_sql) if engine.dialect.name == "sqlite" else None
         self._device_ids: OrderedDict[str, int] = OrderedDict()
         self._unknown: dict[str, float] = {}
-        self._lookups = RateLimiter(UNKNOWN_LOOKUPS_PER_S, UNKNOWN_LOOKUP_BURST)
 
     def write(self, transaction: Callable[[], ContextManager[Connection]],
               items: list[TelemetryItem]) -> BatchResult:
@@ -207,6 +206,7 @@ class TelemetryWriter:
         batch: list[Message] = []
         rows = duplicates = unknown = 0
         stamp = self._stamp
+        found = self._look_up(conn, items)
         fresh = self._record_keys(conn, items) if self._postgres else None
         for item in items:
             if item.dedup_key is not None:
@@ -220,7 +220,7 @@ class TelemetryWriter:
                     continue
             device_id = item.device_id
             if device_id is None:
-                device_id = self._device_id(conn, item.uuid)
+                device_id = found.get(item.uuid)
                 if device_id is None:
                     unknown += len(item.rows)
                     continue
@@ -255,26 +255,47 @@ class TelemetryWriter:
             [item.dedup_key for item in keyed], [item.received_at for item in keyed]))
         return {key for (key,) in result}
 
-    def _device_id(self, conn: Connection, uuid: str) -> int | None:
-        cached = self._device_ids.get(uuid)
-        if cached is not None:
-            self._device_ids.move_to_end(uuid)
-            return cached
+    def _look_up(self, conn: Connection, items: list[TelemetryItem]) -> dict[str, int]:
+        """Device ids of the batch's messages the event loop could not name, from cache or database.
+
+        The uuids neither remembered nor recently found missing are looked up
+        together, LOOKUP_CHUNK at a time: one indexed statement per chunk.
+        """
+        ids: dict[str, int] = {}
+        wanted: set[str] = set()
         now = time.monotonic()
-        if self._unknown.get(uuid, 0.0) > now or not self._lookups.allow(""):
-            return None
-        found = conn.execute(
-            select(devices.c.id).where(devices.c.uuid == uuid, devices.c.is_active.is_not(False))
-        ).scalar()
-        if found is None:
-            if len(self._unknown) >= DEVICE_ID_CACHE_SIZE:
-                self._unknown = {u: t for u, t in self._unknown.items() if t > now}
-                if len(self._unknown) >= DEVICE_ID_CACHE_SIZE:
-                    self._unknown.clear()
-            self._unknown[uuid] = now + UNKNOWN_DEVICE_TTL_S
-            return None
-        self.remember_device(uuid, int(found))
-        return int(found)
+        for item in items:
+            uuid = item.uuid
+            if item.device_id is not None or uuid in ids or uuid in wanted:
+                continue
+            cached = self._device_ids.get(uuid)
+            if cached is not None:
+                self._device_ids.move_to_end(uuid)
+                ids[uuid] = cached
+            elif self._unknown.get(uuid, 0.0) <= now:
+                wanted.add(uuid)
+        if not wanted:
+            return ids
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), LOOKUP_CHUNK):
+            chunk = ordered[start:start + LOOKUP_CHUNK]
+            rows = conn.execute(select(devices.c.uuid, devices.c.id).where(
+                devices.c.uuid.in_(chunk), devices.c.is_active.is_not(False)))
+            for uuid, device_id in rows:
+                ids[uuid] = int(device_id)
+                self.remember_device(uuid, int(device_id))
+        self._remember_unknown(wanted.difference(ids), now)
+        return ids
+
+    def _remember_unknown(self, uuids: set[str], now: float) -> None:
+        """Skip these uuids' look-ups for UNKNOWN_DEVICE_TTL_S, in a bounded map."""
+        if len(self._unknown) + len(uuids) > DEVICE_ID_CACHE_SIZE:
+            self._unknown = {u: t for u, t in self._unknown.items() if t > now}
+            if len(self._unknown) + len(uuids) > DEVICE_ID_CACHE_SIZE:
+                self._unknown.clear()
+        expiry = now + UNKNOWN_DEVICE_TTL_S
+        for uuid in itertools.islice(uuids, DEVICE_ID_CACHE_SIZE):
+            self._unknown[uuid] = expiry
 
     def remember_device(self, uuid: str, device_id: int) -> None:
         """Record a uuid -> id mapping (DB thread only)."""
