@@ -165,7 +165,11 @@ def test_three_gateways_split_the_load_and_survive_a_sigkill(cluster) -> None:  
 
     logs = "".join(gateway.log for gateway in [*gateways.values(), restarted])
     recorded = Counter(re.findall(r"command=(\S+) device=\S+ (?:acked|timeout)\b", logs))
-    assert all(recorded[row["command_id"]] == 1 for row in rows), "an outcome recorded twice"
+    assert all(recorded[row["command_id"]] <= 1 for row in rows), "an outcome recorded twice"
+    # An outcome is logged once committed: the SIGKILL may fall between the two (seen
+    # once: gw-b committed a response to gw-a's command and died before its log line).
+    unlogged = [row["command_id"] for row in rows if recorded[row["command_id"]] == 0]
+    assert len(unlogged) <= 2, ("outcomes recorded and never logged", unlogged)
     assert all(g.alive() for g in (gateways["gw-a"], gateways["gw-c"], restarted))
 
 
