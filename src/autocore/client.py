@@ -136,6 +136,10 @@ class _BufferedClient(mqtt.Client):
     _rx_need_more = False
     #: The last TLS error met while reading (a rejected client certificate shows only here).
     last_tls_error: str | None = None
+    #: Bytes taken from the socket so far (the poller asks whether a read found any).
+    bytes_read = 0
+    #: True when the last read stopped at READS_PER_WAKEUP with the socket still holding bytes.
+    socket_backlog = False
     #: Receives each batch of PUBLISH messages ``decode_frames`` decoded (set by MqttClient);
     #: None leaves every packet to paho.
     on_publishes: Callable[[list[Any]], None] | None = None
@@ -152,6 +156,7 @@ class _BufferedClient(mqtt.Client):
             self.last_tls_error = str(exc)
             raise
         if data:
+            self.bytes_read += len(data)
             tail = self._rx[self._rx_pos:] if self._rx_pos < len(self._rx) else b""
             self._rx, self._rx_pos = (tail + data if tail else data), 0
             self._rx_need_more = False
@@ -180,12 +185,14 @@ class _BufferedClient(mqtt.Client):
                 return super()._packet_read()  # a whole frame: paho reads it from the buffer
             self._rx_need_more = True
             if fills == READS_PER_WAKEUP:
+                self.socket_backlog = True
                 return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # the socket stays readable: the loop comes back
             fills += 1
             try:
                 if not self._fill():
                     return super()._packet_read()  # closed: paho reports it
             except BlockingIOError:
+                self.socket_backlog = False
                 return mqtt.MQTTErrorCode.MQTT_ERR_AGAIN
             except OSError:
                 return super()._packet_read()  # paho's read meets the same error and reports it
@@ -247,6 +254,9 @@ class MqttClient:
         #: True while the gateway stopped reading to let the database catch up (back-pressure).
         self.reading_paused = False
         self.read_pauses = 0
+        #: Seconds between timed reads while messages keep coming (0: read at every arrival).
+        self.poll_interval_s = settings.read_interval_s
+        self._poll_timer: asyncio.TimerHandle | None = None  # set while the socket is read on a timer
         self.client_id = client_id or settings.gateway_uuid
         self._connected_at = 0.0
         self._short_sessions = 0  # connections in a row dropped soon after being made
@@ -363,6 +373,7 @@ class MqttClient:
             return
         self.reading_paused = True
         self.read_pauses += 1
+        self._stop_polling()
         sock = self.client.socket()
         if sock is not None:
             self._forget_reads(sock)
@@ -443,6 +454,7 @@ class MqttClient:
             return
         if self.client.is_connected():
             self.client.ack(mid, qos)
+            self._wake_on_arrival()
 
     def ack_many(self, tokens: Sequence[tuple[int, int, int]]) -> None:
         """Acknowledge committed messages, ``(mid, qos, generation)`` each, in one write.
@@ -460,6 +472,20 @@ class MqttClient:
                 self.ack(mid, qos, generation)
         if pubacks and self.client.is_connected():
             self.client._packet_queue(_PUBACK, bytes(pubacks), 0, 0)
+        self._wake_on_arrival()
+
+    def _wake_on_arrival(self) -> None:
+        """Leave timed reads: acknowledgements open the broker's window, and what it sends next is read at once.
+
+        The broker holds QoS 1/2 messages past the receive maximum until some
+        are acknowledged; a timed read would leave those waiting up to a poll
+        interval per window.
+        """
+        if self._poll_timer is not None:
+            self._stop_polling()
+            sock = self.client.socket()
+            if sock is not None:
+                self._watch_reads(sock)
 
     async def wait_published(self, info: mqtt.MQTTMessageInfo, timeout_s: float) -> bool:
         """Wait (without blocking the loop) until ``info`` is acknowledged."""
@@ -589,6 +615,7 @@ class MqttClient:
             self._watch(sock, self._loop.add_reader, self._read)
 
     def _forget_socket(self, sock: Any) -> None:
+        self._stop_polling()
         try:
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
@@ -596,14 +623,53 @@ class MqttClient:
             pass
 
     def _read(self) -> None:
+        """The socket became readable: read it, then poll it while messages keep coming."""
+        if self.reading_paused:
+            return
+        before = self.client.bytes_read
+        self._read_buffered()
+        if self.poll_interval_s > 0 and self.client.bytes_read != before:
+            self._start_polling()
+
+    def _read_buffered(self) -> None:
         # The socket only signals readable for bytes still in the kernel: parse
         # everything already buffered before going back to the loop.
         client = self.client
-        if self.reading_paused:
-            return
         client.loop_read()
         while client.has_buffered() and client.socket() is not None and not self.reading_paused:
             client.loop_read()
+
+    def _start_polling(self) -> None:
+        """Stop waking at every arrival: read the socket every ``poll_interval_s`` instead.
+
+        Under load a wake-up per TCP segment costs more than the messages it
+        reads (uvloop callback, recv, the batch's fixed costs). A timer read
+        takes everything that arrived meanwhile in one go; like a network
+        driver's polling mode, it ends at the first read that finds nothing.
+        A read that left bytes in the socket keeps the descriptor watched.
+        """
+        sock = self.client.socket()
+        if sock is None or self.client.socket_backlog or self._poll_timer is not None:
+            return
+        self._forget_reads(sock)
+        self._poll_timer = self._loop.call_later(self.poll_interval_s, self._poll, sock)
+
+    def _poll(self, sock: Any) -> None:
+        self._poll_timer = None
+        if self.reading_paused or sock is not self.client.socket():
+            return  # resume_reading() or the next connection watches its socket
+        before = self.client.bytes_read
+        self._read_buffered()
+        if self.client.bytes_read != before and self.client.socket() is sock and not self.reading_paused \
+                and not self.client.socket_backlog:
+            self._poll_timer = self._loop.call_later(self.poll_interval_s, self._poll, sock)
+        else:
+            self._watch_reads(sock)  # quiet, or more waiting than one read takes: wake on arrival
+
+    def _stop_polling(self) -> None:
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
+            self._poll_timer = None
 
     def _write(self) -> None:
         self.client.loop_write()
@@ -613,7 +679,7 @@ class MqttClient:
             await asyncio.sleep(MISC_INTERVAL_S)
             self.client.loop_misc()
             sock = self.client.socket()
-            if sock is not None and not self.reading_paused:
+            if sock is not None and not self.reading_paused and self._poll_timer is None:
                 # A socket the loop stopped watching after an error (see _rewatch) is
                 # watched again here, so the connection loss shows within a second.
                 self._watch(sock, self._loop.add_reader, self._read)

@@ -214,6 +214,9 @@ KEYS: tuple[Key, ...] = (
         "a pending command older than this expires instead of being sent, s"),
     Key("AUTOCORE_COMMAND_POLL_INTERVAL", "command_poll_interval_s", "0.02", _number(0),
         "shortest time between two checks for new commands, s"),
+    Key("AUTOCORE_READ_INTERVAL", "read_interval_s", "0.02", _number(0, lo_inclusive=True),
+        "while messages keep coming, read the broker's socket this often instead of at every "
+        "arrival, s: fewer wake-ups, at most this much more latency (0: at every arrival)"),
     Key("AUTOCORE_SESSION_EXPIRY", "session_expiry_s", "3600", _integer(0, 4294967295),
         "how long the broker keeps the gateway's session (and queues QoS 1 messages) while it is away, s"),
     Key("AUTOCORE_DEDUP_RETENTION", "dedup_retention_s", "86400", _number(0),
@@ -289,6 +292,7 @@ class Settings:
     device_cache_size: int
     command_max_age_s: float
     command_poll_interval_s: float
+    read_interval_s: float
     session_expiry_s: int
     dedup_retention_s: float
     telemetry_retention_s: float
