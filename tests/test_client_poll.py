@@ -52,7 +52,7 @@ def _tracing(client: MqttClient, paths: list[str]) -> Callable[[list[Any]], None
 
 
 async def _quiet(client: MqttClient) -> None:
-    """Wait for the timed reads the SUBACK started to end: the socket is watched again."""
+    """Wait until no timed read is pending: the next message is read as it arrives."""
     for _ in range(int(10 * POLL_S / 0.05)):
         if client._poll_timer is None:
             return

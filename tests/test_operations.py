@@ -219,7 +219,7 @@ def test_metrics_and_status_follow_the_traffic(env) -> None:  # type: ignore[no-
 def test_readiness_follows_the_broker(env) -> None:  # type: ignore[no-untyped-def]
     port = find_free_port()
     env.gateway(AUTOCORE_METRICS_PORT=str(port))
-    assert readyz(port)[0] == 200
+    wait_for(lambda: readyz(port)[0] == 200, what="/readyz to pass")  # "running" is logged before the SUBACK
     env.broker.stop()  # by its PID
     status, body = wait_for(lambda: (r := readyz(port))[0] == 503 and r, what="/readyz to fail")
     assert body["ready"] is False

@@ -136,8 +136,8 @@ class _BufferedClient(mqtt.Client):
     _rx_need_more = False
     #: The last TLS error met while reading (a rejected client certificate shows only here).
     last_tls_error: str | None = None
-    #: Bytes taken from the socket so far (the poller asks whether a read found any).
-    bytes_read = 0
+    #: PUBLISH frames decoded so far (the poller asks whether a read found any).
+    publishes_read = 0
     #: True when the last read stopped at READS_PER_WAKEUP with the socket still holding bytes.
     socket_backlog = False
     #: Receives each batch of PUBLISH messages ``decode_frames`` decoded (set by MqttClient);
@@ -156,7 +156,6 @@ class _BufferedClient(mqtt.Client):
             self.last_tls_error = str(exc)
             raise
         if data:
-            self.bytes_read += len(data)
             tail = self._rx[self._rx_pos:] if self._rx_pos < len(self._rx) else b""
             self._rx, self._rx_pos = (tail + data if tail else data), 0
             self._rx_need_more = False
@@ -178,6 +177,7 @@ class _BufferedClient(mqtt.Client):
             messages, self._rx_pos, status = self.decode_frames(self._rx, self._rx_pos, mqtt5,
                                                                 self.max_frame_bytes)
             if messages:
+                self.publishes_read += len(messages) // 4  # four fields a message
                 with self._msgtime_mutex:
                     self._last_bytes_received = mqtt.time_func()  # paho's keepalive clock
                 self.on_publishes(messages)
@@ -623,12 +623,16 @@ class MqttClient:
             pass
 
     def _read(self) -> None:
-        """The socket became readable: read it, then poll it while messages keep coming."""
+        """The socket became readable: read it, then poll it while messages keep coming.
+
+        Only PUBLISH frames start timed reads: a CONNACK, SUBACK or PUBACK is
+        an answer the gateway waits for, read as it arrives.
+        """
         if self.reading_paused:
             return
-        before = self.client.bytes_read
+        before = self.client.publishes_read
         self._read_buffered()
-        if self.poll_interval_s > 0 and self.client.bytes_read != before:
+        if self.poll_interval_s > 0 and self.client.publishes_read != before:
             self._start_polling()
 
     def _read_buffered(self) -> None:
@@ -645,7 +649,7 @@ class MqttClient:
         Under load a wake-up per TCP segment costs more than the messages it
         reads (uvloop callback, recv, the batch's fixed costs). A timer read
         takes everything that arrived meanwhile in one go; like a network
-        driver's polling mode, it ends at the first read that finds nothing.
+        driver's polling mode, it ends at the first read that finds no message.
         A read that left bytes in the socket keeps the descriptor watched.
         """
         sock = self.client.socket()
@@ -658,9 +662,9 @@ class MqttClient:
         self._poll_timer = None
         if self.reading_paused or sock is not self.client.socket():
             return  # resume_reading() or the next connection watches its socket
-        before = self.client.bytes_read
+        before = self.client.publishes_read
         self._read_buffered()
-        if self.client.bytes_read != before and self.client.socket() is sock and not self.reading_paused \
+        if self.client.publishes_read != before and self.client.socket() is sock and not self.reading_paused \
                 and not self.client.socket_backlog:
             self._poll_timer = self._loop.call_later(self.poll_interval_s, self._poll, sock)
         else:
