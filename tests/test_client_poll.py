@@ -1,12 +1,13 @@
 """While messages keep coming, the client reads the socket on a timer; a quiet socket is watched again.
 
 Under load a wake-up per TCP segment costs more than the few messages it
-reads. After a read that found bytes, the client stops watching the socket and
-reads it every ``poll_interval_s`` instead, until a read finds nothing; then a
-lone message is read as it arrives, with no added wait. These tests follow
-which path delivered each batch (a wake-up on arrival, or a timed read), so
-they do not depend on how fast the machine is: the poll interval is set far
-above any scheduling delay.
+reads. Once two wake-ups read messages within ``poll_interval_s`` of each
+other, the client stops watching the socket and reads it every
+``poll_interval_s`` instead, until a read finds no message; a lone message is
+read as it arrives, with no added wait. These tests follow which path
+delivered each batch (a wake-up on arrival, or a timed read), so they do not
+depend on how fast the machine is: the poll interval is set far above any
+scheduling delay.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def test_a_burst_is_read_on_the_timer_and_a_lone_message_at_once(broker, peer_fa
     publisher: Peer = peer_factory()
     topic = "autocore/test/poll"
 
-    async def scenario() -> tuple[list[str], list[bytes], bool]:
+    async def scenario() -> tuple[list[str], list[bytes], tuple[bool, bool]]:
         payloads: list[bytes] = []
         paths: list[str] = []
         arrived = asyncio.Event()
@@ -87,8 +88,12 @@ def test_a_burst_is_read_on_the_timer_and_a_lone_message_at_once(broker, peer_fa
             await _quiet(client)
             await loop.run_in_executor(None, publisher.publish, topic, b"0", 0)
             await asyncio.wait_for(arrived.wait(), 10)
+            lone = client._poll_timer is None
+            arrived.clear()
+            await loop.run_in_executor(None, publisher.publish, topic, b"1", 0)
+            await asyncio.wait_for(arrived.wait(), 10)
             polling = client._poll_timer is not None
-            await loop.run_in_executor(None, lambda: [publisher.publish(topic, b"%d" % n, 0) for n in range(1, 10)])
+            await loop.run_in_executor(None, lambda: [publisher.publish(topic, b"%d" % n, 0) for n in range(2, 10)])
             await asyncio.sleep(3 * POLL_S)  # the burst's poll, then one that finds nothing
             await loop.run_in_executor(None, publisher.publish, topic, b"10", 0)
             while len(payloads) < 11:
@@ -96,12 +101,13 @@ def test_a_burst_is_read_on_the_timer_and_a_lone_message_at_once(broker, peer_fa
                 await asyncio.wait_for(arrived.wait(), 10)
         finally:
             await client.close()
-        return paths, payloads, polling
+        return paths, payloads, (lone, polling)
 
-    paths, payloads, polling = run_loop(scenario())  # type: ignore[arg-type]
+    paths, payloads, (lone, polling) = run_loop(scenario())  # type: ignore[arg-type]
     assert payloads == [b"%d" % n for n in range(11)]
-    assert polling, "a read that found a message did not switch to timed reads"
-    assert paths == ["wake-up"] + ["timed"] * 9 + ["wake-up"], paths
+    assert lone, "a lone message started timed reads"
+    assert polling, "a second wake-up within the poll interval did not start timed reads"
+    assert paths == ["wake-up"] * 2 + ["timed"] * 8 + ["wake-up"], paths
 
 
 def test_a_broker_lost_while_the_client_polls_is_noticed(broker_factory, peer_factory,  # type: ignore[no-untyped-def]
@@ -123,8 +129,10 @@ def test_a_broker_lost_while_the_client_polls_is_noticed(broker_factory, peer_fa
         loop = asyncio.get_running_loop()
         try:
             await _quiet(client)
-            await loop.run_in_executor(None, publisher.publish, topic, b"0", 0)
-            await asyncio.wait_for(arrived.wait(), 10)
+            for n in range(2):  # two wake-ups within the poll interval start timed reads
+                arrived.clear()
+                await loop.run_in_executor(None, publisher.publish, topic, b"%d" % n, 0)
+                await asyncio.wait_for(arrived.wait(), 10)
             assert client._poll_timer is not None
             private.stop()
             return await loop.run_in_executor(None, lost.wait, NOTICED_WITHIN_S)

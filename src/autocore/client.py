@@ -257,6 +257,7 @@ class MqttClient:
         #: Seconds between timed reads while messages keep coming (0: read at every arrival).
         self.poll_interval_s = settings.read_interval_s
         self._poll_timer: asyncio.TimerHandle | None = None  # set while the socket is read on a timer
+        self._last_arrival = float("-inf")  # loop time of the last wake-up that read a message
         self.client_id = client_id or settings.gateway_uuid
         self._connected_at = 0.0
         self._short_sessions = 0  # connections in a row dropped soon after being made
@@ -623,17 +624,22 @@ class MqttClient:
             pass
 
     def _read(self) -> None:
-        """The socket became readable: read it, then poll it while messages keep coming.
+        """The socket became readable: read it, and poll it if messages keep coming.
 
-        Only PUBLISH frames start timed reads: a CONNACK, SUBACK or PUBACK is
-        an answer the gateway waits for, read as it arrives.
+        Two wake-ups for messages within one poll interval start timed reads; a
+        lone burst (devices reporting on the same second) does not, since its
+        timed read would find nothing. Only PUBLISH frames count: a CONNACK,
+        SUBACK or PUBACK is an answer the gateway waits for, read as it arrives.
         """
         if self.reading_paused:
             return
         before = self.client.publishes_read
         self._read_buffered()
-        if self.poll_interval_s > 0 and self.client.publishes_read != before:
-            self._start_polling()
+        if self.client.publishes_read != before and self.poll_interval_s > 0:
+            now = self._loop.time()
+            if now - self._last_arrival < self.poll_interval_s:
+                self._start_polling()  # a second wake-up this soon: messages keep coming
+            self._last_arrival = now
 
     def _read_buffered(self) -> None:
         # The socket only signals readable for bytes still in the kernel: parse
