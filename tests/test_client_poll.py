@@ -52,6 +52,21 @@ def _tracing(client: MqttClient, paths: list[str]) -> Callable[[list[Any]], None
     return lambda batch: paths.extend(path["now"] for _ in batch[::4])
 
 
+def _client(broker: Any, tmp_path: Path, topic: str, qos: int, client_id: str,
+            on_message: Callable[..., None] = lambda *message: None) -> MqttClient:
+    """A client subscribed to ``topic`` on connect, with the test's long poll interval."""
+    client = MqttClient(_settings(broker, tmp_path), [(topic, qos)], on_message, client_id=client_id)
+    client.poll_interval_s = POLL_S
+    return client
+
+
+async def _connected(client: MqttClient) -> None:
+    """Connect, wait for the SUBACK, and for the socket to be watched on arrival."""
+    await client.connect(10)
+    await asyncio.wait_for(client.subscribed.wait(), 10)
+    await _quiet(client)
+
+
 async def _quiet(client: MqttClient) -> None:
     """Wait until no timed read is pending: the next message is read as it arrives."""
     for _ in range(int(10 * POLL_S / 0.05)):
@@ -70,9 +85,7 @@ def test_a_burst_is_read_on_the_timer_and_a_lone_message_at_once(broker, peer_fa
         payloads: list[bytes] = []
         paths: list[str] = []
         arrived = asyncio.Event()
-        client = MqttClient(_settings(broker, tmp_path), [(topic, 0)], lambda *message: None,
-                            client_id="poll-test")
-        client.poll_interval_s = POLL_S
+        client = _client(broker, tmp_path, topic, 0, "poll-test")
         trace = _tracing(client, paths)
 
         def on_publishes(batch: list[Any]) -> None:
@@ -81,11 +94,9 @@ def test_a_burst_is_read_on_the_timer_and_a_lone_message_at_once(broker, peer_fa
             arrived.set()
 
         client.client.on_publishes = on_publishes
-        await client.connect(10)
-        await asyncio.wait_for(client.subscribed.wait(), 10)
+        await _connected(client)
         loop = asyncio.get_running_loop()
         try:
-            await _quiet(client)
             await loop.run_in_executor(None, publisher.publish, topic, b"0", 0)
             await asyncio.wait_for(arrived.wait(), 10)
             lone = client._poll_timer is None
@@ -120,15 +131,11 @@ def test_a_broker_lost_while_the_client_polls_is_noticed(broker_factory, peer_fa
     async def scenario() -> bool:
         lost = threading.Event()
         arrived = asyncio.Event()
-        client = MqttClient(_settings(private, tmp_path), [(topic, 0)],
-                            lambda *message: arrived.set(), client_id="poll-test")
-        client.poll_interval_s = POLL_S
+        client = _client(private, tmp_path, topic, 0, "poll-test", lambda *message: arrived.set())
         client.on_disconnected = lost.set
-        await client.connect(10)
-        await asyncio.wait_for(client.subscribed.wait(), 10)
+        await _connected(client)
         loop = asyncio.get_running_loop()
         try:
-            await _quiet(client)
             for n in range(2):  # two wake-ups within the poll interval start timed reads
                 arrived.clear()
                 await loop.run_in_executor(None, publisher.publish, topic, b"%d" % n, 0)
@@ -151,9 +158,7 @@ def test_an_acknowledgement_ends_the_timed_reads(broker, peer_factory, tmp_path:
         payloads: list[bytes] = []
         paths: list[str] = []
         arrived = asyncio.Event()
-        client = MqttClient(_settings(broker, tmp_path), [(topic, 1)], lambda *message: None,
-                            client_id="poll-ack-test")
-        client.poll_interval_s = POLL_S
+        client = _client(broker, tmp_path, topic, 1, "poll-ack-test")
         trace = _tracing(client, paths)
 
         def on_publishes(batch: list[Any]) -> None:
@@ -164,11 +169,9 @@ def test_an_acknowledgement_ends_the_timed_reads(broker, peer_factory, tmp_path:
                 lambda: (client.ack_many([(mid, 1, client.generation) for mid in batch[3::4]]), arrived.set()))
 
         client.client.on_publishes = on_publishes
-        await client.connect(10)
-        await asyncio.wait_for(client.subscribed.wait(), 10)
+        await _connected(client)
         loop = asyncio.get_running_loop()
         try:
-            await _quiet(client)
             for n in range(3):
                 arrived.clear()
                 await loop.run_in_executor(None, publisher.publish, topic, b"%d" % n, 1)

@@ -633,21 +633,22 @@ class MqttClient:
         """
         if self.reading_paused:
             return
-        before = self.client.publishes_read
-        self._read_buffered()
-        if self.client.publishes_read != before and self.poll_interval_s > 0:
+        if self._read_buffered() and self.poll_interval_s > 0:
             now = self._loop.time()
             if now - self._last_arrival < self.poll_interval_s:
                 self._start_polling()  # a second wake-up this soon: messages keep coming
             self._last_arrival = now
 
-    def _read_buffered(self) -> None:
+    def _read_buffered(self) -> bool:
+        """Read the socket and everything already buffered; True when that held a PUBLISH."""
         # The socket only signals readable for bytes still in the kernel: parse
         # everything already buffered before going back to the loop.
         client = self.client
+        before = client.publishes_read
         client.loop_read()
         while client.has_buffered() and client.socket() is not None and not self.reading_paused:
             client.loop_read()
+        return client.publishes_read != before
 
     def _start_polling(self) -> None:
         """Stop waking at every arrival: read the socket every ``poll_interval_s`` instead.
@@ -668,9 +669,7 @@ class MqttClient:
         self._poll_timer = None
         if self.reading_paused or sock is not self.client.socket():
             return  # resume_reading() or the next connection watches its socket
-        before = self.client.publishes_read
-        self._read_buffered()
-        if self.client.publishes_read != before and self.client.socket() is sock and not self.reading_paused \
+        if self._read_buffered() and self.client.socket() is sock and not self.reading_paused \
                 and not self.client.socket_backlog:
             self._poll_timer = self._loop.call_later(self.poll_interval_s, self._poll, sock)
         else:
